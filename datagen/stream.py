@@ -1,0 +1,185 @@
+"""Deterministic, resumable sample streams for online training.
+
+A *stream* turns a source of samples (a generator that synthesises them, or WebDataset shards
+that hold them) into an ``IterableDataset`` whose output is fully determined by
+``(seed, slot, position)``:
+
+* ``slot = rank * num_workers + worker`` -- every DataLoader worker of every rank owns one slot,
+  so no two ranks or workers ever produce the same sample;
+* ``position`` counts the samples a slot has *attempted* (valid or not); it is what a resumed run
+  restarts from, so it continues with exactly the samples an uninterrupted run would have seen.
+
+Each yielded sample carries bookkeeping fields (``__slot__``, ``__pos__``, ``__produced__``,
+``__dropped__``) that the training side (``train.datamodule.OnlineDataModule``) uses to count
+consumed samples and to build its ``state_dict``; counters travel inside samples because
+DataLoader workers are separate processes.
+
+This module has no Lightning import on purpose: datagen/ stays usable from plain scripts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+log = logging.getLogger(__name__)
+
+Sample = dict[str, Any]
+
+BOOKKEEPING_KEYS = ("__slot__", "__pos__", "__produced__", "__dropped__")
+
+
+@runtime_checkable
+class SampleGenerator(Protocol):
+    """What the online stream needs from a generator.
+
+    ``generate`` must be a pure function of ``(rng, index)``: same inputs, same sample. It may raise
+    or return a sample that ``validate`` rejects; the stream drops such samples and counts them.
+    """
+
+    def generate(self, rng: np.random.Generator, index: int) -> Sample: ...
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """The random generator of global sample ``index`` under ``seed`` (independent streams via SeedSequence)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+
+
+def global_index(slot: int, n_slots: int, position: int) -> int:
+    """Interleave slots so that (slot, position) -> index is a bijection onto 0, 1, 2, ..."""
+    return position * n_slots + slot
+
+
+class SlotStream(IterableDataset):
+    """Base class: worker/rank bookkeeping, validation, drop counting and resume positions.
+
+    Subclasses implement :meth:`_positions` which yields ``(position, raw_sample_or_exception)`` for a
+    slot, starting at a given position.
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        transform: Callable[[Sample], Sample] | None = None,
+        validate: Callable[[Sample], str | None] | None = None,
+        max_consecutive_failures: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.seed = int(seed)
+        self.transform = transform
+        self.validate = validate
+        self.max_consecutive_failures = max_consecutive_failures
+        self.rank = 0
+        self.world_size = 1
+        # slot -> next position to attempt (filled by load_state / resume)
+        self.start_positions: dict[int, int] = {}
+        # slot -> counters at the start position (so counters continue across resumes)
+        self.start_counters: dict[int, tuple[int, int]] = {}
+        # A DataLoader hands out batches round-robin from worker 0. A run resumed after n batches
+        # must continue with the slot whose turn it was, so worker w serves slot (w + offset) % W.
+        self.worker_offset = 0
+
+    # -- distributed placement ------------------------------------------------------------------
+    def set_rank(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def _slot(self) -> tuple[int, int]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = (worker + self.worker_offset) % num_workers
+        return self.rank * num_workers + worker, self.world_size * num_workers
+
+    # -- to be implemented ----------------------------------------------------------------------
+    def _positions(self, slot: int, n_slots: int, start: int) -> Iterator[tuple[int, Any]]:
+        """Yield ``(position, sample)`` or ``(position, exception)`` from ``start`` on."""
+        raise NotImplementedError
+
+    # -- iteration --------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Sample]:
+        slot, n_slots = self._slot()
+        start = self.start_positions.get(slot, 0)
+        produced, dropped = self.start_counters.get(slot, (0, 0))
+        failures_in_row = 0
+        for pos, raw in self._positions(slot, n_slots, start):
+            reason = None
+            sample = None
+            if isinstance(raw, BaseException):
+                reason = f"{type(raw).__name__}: {raw}"
+            else:
+                try:
+                    if self.validate is not None:
+                        reason = self.validate(raw)
+                    if reason is None:
+                        sample = self.transform(raw) if self.transform is not None else raw
+                except Exception as exc:  # a bad sample must never stop training: drop and count
+                    reason = f"{type(exc).__name__}: {exc}"
+            if reason is not None:
+                dropped += 1
+                failures_in_row += 1
+                if dropped <= 5 or dropped % 1000 == 0:
+                    log.warning("dropped sample slot=%d pos=%d (%d dropped so far): %s", slot, pos, dropped, reason)
+                if failures_in_row >= self.max_consecutive_failures:
+                    raise RuntimeError(
+                        f"{type(self).__name__}: {failures_in_row} samples in a row were invalid in slot {slot} "
+                        f"(last at position {pos}: {reason}); the source is broken, fix it before training"
+                    )
+                continue
+            failures_in_row = 0
+            produced += 1
+            sample["__slot__"] = slot
+            sample["__pos__"] = pos
+            sample["__produced__"] = produced
+            sample["__dropped__"] = dropped
+            yield sample
+
+
+class GeneratorStream(SlotStream):
+    """An endless online stream from a :class:`SampleGenerator`.
+
+    Sample ``index = position * n_slots + slot`` is made by ``generator.generate(sample_rng(seed, index), index)``.
+    A generator may also define ``validate(sample) -> str | None`` (reason to reject, or None).
+    """
+
+    def __init__(self, generator: SampleGenerator, seed: int = 0, transform=None, validate=None, **kw) -> None:
+        if validate is None:
+            validate = getattr(generator, "validate", None)
+        super().__init__(seed=seed, transform=transform, validate=validate, **kw)
+        self.generator = generator
+
+    def _positions(self, slot: int, n_slots: int, start: int):
+        pos = start
+        while True:
+            index = global_index(slot, n_slots, pos)
+            try:
+                raw = self.generator.generate(sample_rng(self.seed, index), index)
+                if isinstance(raw, dict):
+                    raw.setdefault("__key__", f"{index:010d}")
+            except Exception as exc:  # counted and dropped by SlotStream
+                raw = exc
+            yield pos, raw
+            pos += 1
+
+
+def strip_bookkeeping(sample: Sample) -> Sample:
+    """A copy of ``sample`` without the stream's bookkeeping fields."""
+    return {k: v for k, v in sample.items() if k not in BOOKKEEPING_KEYS}
+
+
+def take(stream: IterableDataset, n: int) -> list[Sample]:
+    """First ``n`` samples of a stream in the main process (handy for tests, exports and previews)."""
+    out = []
+    for s in stream:
+        out.append(s)
+        if len(out) >= n:
+            break
+    return out
+
+
+def seed_everything_for_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: keep torch's own RNG in workers away from the parent's."""
+    torch.manual_seed(torch.initial_seed() % 2**31 + worker_id)

@@ -1,0 +1,86 @@
+"""The ``synthloop`` command: LightningCLI for training, with one-line config errors.
+
+    synthloop fit --config configs/quickstart.yaml
+    synthloop fit --config configs/quickstart.yaml --print_config
+    synthloop validate --config configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
+
+Every run writes its fully resolved config (``config.yaml``) next to its logs and checkpoints.
+A config mistake (unknown key, wrong type, missing file) ends with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.cli import LightningCLI
+
+from train.datamodule import OnlineDataModule
+
+
+class SynthloopCLI(LightningCLI):
+    """LightningCLI with synthloop's defaults: the run directory holds config, logs and checkpoints."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="name of the run directory under trainer.default_root_dir (default: derived "
+                                 "from the config file name)")
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    # jsonargparse prefixes nested causes with "Problem with given class_path ..."; keep the specific part
+    return msg if len(msg) < 600 else msg[:600] + " ..."
+
+
+def _check_config_files(argv: list[str]) -> None:
+    for i, arg in enumerate(argv):
+        path = None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        if path is not None and not Path(path).is_file():
+            raise SystemExit(f"synthloop: error: config file {path!r} does not exist")
+
+
+def run_cli(argv: list[str] | None = None, **kwargs) -> SynthloopCLI:
+    """Run LightningCLI on ``argv`` (a test calls this directly with ``run=False``)."""
+    return SynthloopCLI(
+        pl.LightningModule,
+        OnlineDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
+        args=argv,
+        **kwargs,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``synthloop`` console command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("SYNTHLOOP_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_config_files(argv)
+    try:
+        run_cli(argv)
+    except Exception as exc:
+        from jsonargparse import ArgumentError
+
+        if isinstance(exc, ArgumentError) or type(exc).__name__ in ("ArgumentError", "NSKeyError"):
+            raise SystemExit(f"synthloop: config error: {_one_line(exc)}") from None
+        raise
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

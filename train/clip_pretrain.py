@@ -1,0 +1,172 @@
+"""Contrastive CLIP pre-training on an online stream, with zero-shot evaluation on task families.
+
+The loss is open_clip's ``ClipLoss`` with features gathered across ranks (with gradients), exactly
+as open_clip's own trainer does it. Validation = zero-shot accuracy on held-out world task
+families (template ensembles); the last validation's table is printed, and the final weights are
+written in open_clip's checkpoint format (``<run dir>/clip_final.pt``) so that GIFT and Unicorn
+start from them with ``pretrained=<path>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from open_clip.loss import ClipLoss
+
+from models.clip import create_clip, save_open_clip_checkpoint, zero_shot_classifier
+from train.zeroshot import EvalSet, build_world_eval_sets, eval_loader, format_accuracy_table
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FAMILIES = ("shape", "color", "count", "material", "size", "relation", "digits")
+
+
+class CaptionTransform:
+    """Sample -> tensors for CLIP: preprocessed image, tokenized caption; the caption text is kept."""
+
+    def __init__(self, preprocess, tokenizer) -> None:
+        self.preprocess, self.tokenizer = preprocess, tokenizer
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        text = sample["txt"]
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"sample {sample.get('__key__')}: empty caption")
+        return {"image": self.preprocess(sample["image"]), "text": self.tokenizer([text])[0], "txt": text}
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    progress = min(1.0, (step - warmup) / max(total - warmup, 1))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class CLIPPretrain(pl.LightningModule):
+    """Contrastive pre-training of an open_clip model.
+
+    Args:
+        model_name: open_clip model name (``synthloop-tiny-vit32``, ``ViT-B-16``, ...).
+        pretrained: local checkpoint to start from (None = random init).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to gains, biases, embeddings, logit scale).
+        betas: AdamW betas (open_clip's ViT default (0.9, 0.98)).
+        warmup_steps: linear warm-up steps.
+        total_steps: cosine horizon; ``None`` = the trainer's ``max_steps``.
+        eval_families: world task families scored zero-shot at each validation.
+        eval_per_class: held-out images per class in each evaluation set.
+        eval_seed: seed of the evaluation sets.
+        export_path: where the final open_clip checkpoint goes (default ``<run dir>/clip_final.pt``).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "synthloop-tiny-vit32",
+        pretrained: str | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 50,
+        total_steps: int | None = None,
+        eval_families: list[str] = list(DEFAULT_FAMILIES),
+        eval_per_class: int = 40,
+        eval_seed: int = 1234,
+        export_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        bundle = create_clip(model_name, pretrained=pretrained)
+        self.model = bundle.model
+        self.preprocess = bundle.preprocess_val
+        self.tokenizer = bundle.tokenizer
+        self.image_size = bundle.image_size
+        self.loss_fn: ClipLoss | None = None
+        self._eval_sets: list[EvalSet] | None = None
+        self.last_zero_shot: dict[str, float] = {}
+
+    # -- data ------------------------------------------------------------------------------------
+    def sample_transform(self) -> CaptionTransform:
+        return CaptionTransform(self.preprocess, self.tokenizer)
+
+    def eval_sets(self) -> list[EvalSet]:
+        if self._eval_sets is None:
+            self._eval_sets = build_world_eval_sets(self.hparams.eval_families, self.hparams.eval_per_class,
+                                                    self.hparams.eval_seed, self.image_size, self.preprocess)
+        return self._eval_sets
+
+    def val_dataloader(self):
+        return [eval_loader(es, 256, self.global_rank, self.trainer.world_size) for es in self.eval_sets()]
+
+    # -- training --------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        # gather_with_grad: gradients flow through other ranks' features, as in open_clip's trainer
+        self.loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank,
+                                world_size=world)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.model(batch["image"], batch["text"])
+        loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/logit_scale", out["logit_scale"].detach())
+        return loss
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "embedding" in n or "logit_scale" in n else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=1e-6)
+        total = self.hparams.total_steps or self.trainer.max_steps
+        if total is None or total <= 0:
+            raise ValueError("CLIPPretrain: set model.total_steps or trainer.max_steps (the stream is endless)")
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, self.hparams.warmup_steps, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- zero-shot validation --------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        sets = self.eval_sets()
+        self._classifiers = [zero_shot_classifier(self.model, self.tokenizer, es.classnames, es.templates,
+                                                  self.device) for es in sets]
+        self._counts = torch.zeros(len(sets), 2, device=self.device)
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        images, labels = batch
+        feats = torch.nn.functional.normalize(self.model.encode_image(images).float(), dim=-1)
+        pred = (feats @ self._classifiers[dataloader_idx].T).argmax(-1)
+        self._counts[dataloader_idx, 0] += (pred == labels).sum()
+        self._counts[dataloader_idx, 1] += labels.numel()
+
+    def on_validation_epoch_end(self) -> None:
+        counts = self._counts
+        if self.trainer.world_size > 1:
+            counts = self.all_gather(counts).sum(0)
+        acc = {es.name: float(c[0] / c[1].clamp(min=1)) for es, c in zip(self.eval_sets(), counts)}
+        for name, value in acc.items():
+            self.log(f"zeroshot/{name}", value, rank_zero_only=True, add_dataloader_idx=False)
+        self.log("zeroshot/mean", sum(acc.values()) / max(len(acc), 1), rank_zero_only=True)
+        self.last_zero_shot = acc
+        if not self.trainer.sanity_checking:
+            self.print("\n" + format_accuracy_table(acc, f"zero-shot accuracy at step {self.global_step}"))
+
+    # -- export ------------------------------------------------------------------------------------
+    def on_train_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        path = self.hparams.export_path or str(Path(self.trainer.log_dir or ".") / "clip_final.pt")
+        save_open_clip_checkpoint(self.model, path, self.hparams.model_name, step=self.global_step,
+                                  zero_shot=self.last_zero_shot)
+        log.info("wrote open_clip checkpoint %s", path)
+        self.print(f"open_clip checkpoint: {path}")

@@ -1,0 +1,206 @@
+"""The online DataModule: turns any sample source (a generator, or WebDataset shards) into batches.
+
+The stream itself lives in :mod:`datagen.stream`; this module adds what the trainer needs:
+
+* placing the stream on its rank, building the DataLoader (``num_workers`` 0..N);
+* counting consumed samples per slot from the batches the trainer actually trains on;
+* ``state_dict`` / ``load_state_dict`` with every rank's slot positions (gathered, because Lightning
+  writes the checkpoint from rank 0 only), so a resumed run continues with exactly the samples an
+  uninterrupted run would have seen;
+* counters (produced / dropped-invalid / consumed) for logging by :class:`train.callbacks.DataMonitor`.
+
+The sample -> tensors transform belongs to the model (image preprocessing, tokenizer): the DataModule
+asks the attached LightningModule for ``sample_transform()`` unless one is given explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset
+
+from datagen.stream import GeneratorStream, SampleGenerator, SlotStream, seed_everything_for_worker
+
+log = logging.getLogger(__name__)
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate dicts: tensors and numbers are stacked, everything else (strings, dicts) becomes a list."""
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        first = values[0]
+        if isinstance(first, torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(first, (bool, int, float)):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+class OnlineDataModule(pl.LightningDataModule):
+    """Batches from an online sample source, with exact resume.
+
+    Args:
+        generator: the sample generator (any object with ``generate(rng, index) -> dict``). Ignored
+            when ``shards`` is given.
+        shards: WebDataset shards to stream instead of generating (brace pattern, directory or glob).
+        batch_size: samples per rank per step.
+        num_workers: DataLoader worker processes per rank (0 = generate in the main process).
+        seed: base seed; sample ``i`` of the stream is a pure function of ``(seed, i)``.
+        prefetch_factor: batches each worker prepares ahead (only with ``num_workers > 0``).
+        transform: sample -> training dict; by default the attached LightningModule's ``sample_transform()``.
+    """
+
+    def __init__(
+        self,
+        generator: SampleGenerator | None = None,
+        shards: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        prefetch_factor: int = 4,
+        transform: Callable[[dict], dict] | None = None,
+    ) -> None:
+        super().__init__()
+        if generator is None and shards is None:
+            raise ValueError("OnlineDataModule: give either `generator` or `shards` (both are empty)")
+        if batch_size < 1:
+            raise ValueError(f"OnlineDataModule: batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"OnlineDataModule: num_workers must be >= 0, got {num_workers}")
+        self.generator = generator
+        self.shards = shards
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.prefetch_factor = prefetch_factor
+        self.transform = transform
+        # slot -> (next position, produced, dropped) as of the last consumed sample of that slot
+        self.slot_state: dict[int, tuple[int, int, int]] = {}
+        self.consumed = 0
+        self.batches = 0  # training batches consumed on this rank
+        self._restored: dict[str, Any] | None = None
+
+    # -- construction ---------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _transform(self) -> Callable[[dict], dict] | None:
+        if self.transform is not None:
+            return self.transform
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None and hasattr(module, "sample_transform"):
+            return module.sample_transform()
+        return None
+
+    def build_stream(self) -> SlotStream:
+        """The rank-placed stream, positioned where the last consumed batch left off."""
+        transform = self._transform()
+        if self.shards is not None:
+            from datagen.shards import ShardStream
+
+            stream: SlotStream = ShardStream(self.shards, seed=self.seed, transform=transform)
+        else:
+            stream = GeneratorStream(self.generator, seed=self.seed, transform=transform)
+        rank, world = self._rank_world()
+        stream.set_rank(rank, world)
+        self._apply_restored(world)
+        stream.start_positions = {s: st[0] for s, st in self.slot_state.items()}
+        stream.start_counters = {s: (st[1], st[2]) for s, st in self.slot_state.items()}
+        stream.worker_offset = self.batches % max(self.num_workers, 1)
+        return stream
+
+    def make_loader(self, dataset: IterableDataset) -> DataLoader:
+        kw: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=False,
+                      worker_init_fn=seed_everything_for_worker)
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=collate_samples, **kw)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.make_loader(self.build_stream())
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def record_consumed(self, batch: dict[str, Any]) -> None:
+        """Advance slot positions past every sample of a batch the trainer is about to train on."""
+        slots = batch.get("__slot__")
+        if slots is None:
+            return
+        pos, prod, drop = batch["__pos__"], batch["__produced__"], batch["__dropped__"]
+        for i in range(len(slots)):
+            s = int(slots[i])
+            nxt = int(pos[i]) + 1
+            if nxt > self.slot_state.get(s, (0, 0, 0))[0]:
+                self.slot_state[s] = (nxt, int(prod[i]), int(drop[i]))
+        self.consumed += len(slots)
+        self.batches += 1
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training and isinstance(batch, dict):
+            self.record_consumed(batch)
+        return batch
+
+    def counters(self) -> dict[str, int]:
+        """Produced / dropped as of the consumed samples of this rank's slots, and samples consumed."""
+        produced = sum(st[1] for st in self.slot_state.values())
+        dropped = sum(st[2] for st in self.slot_state.values())
+        return {"produced": produced, "dropped_invalid": dropped, "consumed": self.consumed}
+
+    # -- resume ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        local = {"slot_state": dict(self.slot_state), "consumed": self.consumed, "batches": self.batches}
+        _, world = self._rank_world()
+        if world > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, local)  # every rank runs dump_checkpoint, so this is collective
+        else:
+            gathered = [local]
+        merged: dict[int, tuple[int, int, int]] = {}
+        for g in gathered:
+            merged.update(g["slot_state"])
+        return {
+            "version": 1,
+            "seed": self.seed,
+            "num_workers": self.num_workers,
+            "world_size": world,
+            "batch_size": self.batch_size,
+            "slot_state": {int(k): list(v) for k, v in merged.items()},
+            "consumed_per_rank": [g["consumed"] for g in gathered],
+            "batches_per_rank": [g["batches"] for g in gathered],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._restored = state
+
+    def _apply_restored(self, world: int) -> None:
+        state, self._restored = self._restored, None
+        if state is None:
+            return
+        mismatch = [
+            f"{k}: checkpoint {state[k]} vs now {v}"
+            for k, v in (("seed", self.seed), ("num_workers", self.num_workers), ("world_size", world))
+            if state.get(k) != v
+        ]
+        if mismatch:
+            # positions are per (rank, worker) slot: another layout would replay or skip samples
+            log.warning("data stream resumed with a different layout (%s); the sample sequence will not "
+                        "match an uninterrupted run", "; ".join(mismatch))
+        rank, _ = self._rank_world()
+        slots = range(rank * max(self.num_workers, 1), (rank + 1) * max(self.num_workers, 1))
+        self.slot_state = {int(s): tuple(v) for s, v in state["slot_state"].items() if int(s) in slots}
+        per_rank = state.get("consumed_per_rank", [])
+        self.consumed = per_rank[rank] if rank < len(per_rank) else 0
+        batches = state.get("batches_per_rank", [])
+        self.batches = batches[rank] if rank < len(batches) else 0
