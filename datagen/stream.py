@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,15 +34,21 @@ Sample = dict[str, Any]
 BOOKKEEPING_KEYS = ("__slot__", "__pos__", "__produced__", "__dropped__")
 
 
-@runtime_checkable
-class SampleGenerator(Protocol):
-    """What the online stream needs from a generator.
+class SampleGenerator:
+    """Base class of sample generators (what the online stream needs from one).
 
     ``generate`` must be a pure function of ``(rng, index)``: same inputs, same sample. It may raise
     or return a sample that ``validate`` rejects; the stream drops such samples and counts them.
+    Subclassing is what lets configs name a generator by ``class_path``; the stream itself only
+    calls ``generate`` and ``validate``, so any object with those methods works from Python.
     """
 
-    def generate(self, rng: np.random.Generator, index: int) -> Sample: ...
+    def generate(self, rng: np.random.Generator, index: int) -> Sample:
+        raise NotImplementedError
+
+    def validate(self, sample: Sample) -> str | None:
+        """Reason to reject ``sample``, or None when it is fine."""
+        return None
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from datagen.stream import SampleGenerator
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-class CountingGenerator:
+class CountingGenerator(SampleGenerator):
     """Deterministic toy generator: a few random numbers per sample; every ``bad_every``-th index is invalid."""
 
     def __init__(self, bad_every: int = 0, raise_every: int = 0) -> None:

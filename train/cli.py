@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -30,10 +31,27 @@ class SynthloopCLI(LightningCLI):
                                  "from the config file name)")
 
 
-def _one_line(exc: BaseException) -> str:
+def config_error_line(exc: BaseException) -> str:
+    """Boil jsonargparse's nested union/class_path report down to ``key.path: what is wrong``."""
     msg = " ".join(str(exc).split())
-    # jsonargparse prefixes nested causes with "Problem with given class_path ..."; keep the specific part
-    return msg if len(msg) < 600 else msg[:600] + " ..."
+    keys = re.findall(r'(?:Parser key|Key) "([^"]+)"', msg)
+    path: list[str] = []
+    for k in keys:  # nested parsers report relative keys; drop a repeated prefix
+        if not path or not k.startswith(path[-1] + "."):
+            path.append(k)
+        else:
+            path[-1] = k
+    # the innermost explanation: after the last class_path problem, before the NoneType alternative
+    detail = msg
+    if "Problem with given class_path" in msg:
+        detail = re.split(r"Problem with given class_path '[^']+': ", msg)[-1]
+    detail = re.split(r" - Expected a <class 'NoneType'>", detail)[0]
+    detail = re.sub(r'(?:Parser key|Key) "[^"]+": ', "", detail)
+    detail = re.sub(r"Does not validate against any of the Union subtypes Subtypes: \[[^\]]*\] Errors: - ", "",
+                    detail)
+    where = ".".join(path)
+    line = f"{where}: {detail}" if where else detail
+    return line if len(line) < 400 else line[:400] + " ..."
 
 
 def _check_config_files(argv: list[str]) -> None:
@@ -64,6 +82,7 @@ def run_cli(argv: list[str] | None = None, **kwargs) -> SynthloopCLI:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``synthloop`` console command."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    sys.argv = sys.argv[:1] + argv  # LightningCLI warns when args and sys.argv disagree
     logging.basicConfig(level=os.environ.get("SYNTHLOOP_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _check_config_files(argv)
@@ -73,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         from jsonargparse import ArgumentError
 
         if isinstance(exc, ArgumentError) or type(exc).__name__ in ("ArgumentError", "NSKeyError"):
-            raise SystemExit(f"synthloop: config error: {_one_line(exc)}") from None
+            configs = [a for i, a in enumerate(argv) if i > 0 and argv[i - 1] in ("--config", "-c")]
+            where = f" in {', '.join(configs)}" if configs else ""
+            raise SystemExit(f"synthloop: config error{where}: {config_error_line(exc)}") from None
         raise
     finally:
         import torch.distributed as dist
