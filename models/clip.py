@@ -74,6 +74,7 @@ def create_clip(
         force_image_size=force_image_size,
         pretrained_text=False,  # never reach for a hub for tower weights
         weights_only=True,
+        output_dict=True,
     )
     tokenizer = open_clip.get_tokenizer(name)
     return CLIPBundle(model, preprocess_train, preprocess_val, tokenizer, name)

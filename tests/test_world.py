@@ -16,6 +16,7 @@ from datagen.world import (COLOR_RGB, COLORS, EDIT_KINDS, MATERIALS, NUMBER_WORD
                            object_phrase, object_radius, qa_pairs, render_scene, sample_scene, scene_classname,
                            seed_caption)
 from datagen.world.render import BACKGROUND
+from datagen.world.tasks import digit_box
 
 ATTR_OF_WORD = {v: a for a, vals in (("shape", SHAPES), ("color", COLORS), ("size", SIZES), ("material", MATERIALS))
                 for v in vals}
@@ -341,7 +342,7 @@ def test_digits_are_sklearn_images_with_disjoint_splits():
             idx = meta["digit_index"]
             assert idx in pool and targets[idx] == label
             # Downscale back to 8x8: dark ink where sklearn has ink.
-            ink = 255 - np.asarray(im.convert("L").resize((8, 8), Image.BOX), dtype=float)
+            ink = 255 - np.asarray(im.convert("L").crop(digit_box(64)).resize((8, 8), Image.BOX), dtype=float)
             assert np.corrcoef(ink.ravel(), images[idx].ravel())[0, 1] > 0.9
     # the eval set takes distinct test digits per class
     imgs, ys = build_eval_set("digits", 5, seed=0, image_size=32)
