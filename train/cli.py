@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``synthloop`` console command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     sys.argv = sys.argv[:1] + argv  # LightningCLI warns when args and sys.argv disagree
-    logging.basicConfig(level=os.environ.get("SYNTHLOOP_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("train", "datagen", "models"):  # our own progress at INFO; libraries stay quiet
+        logging.getLogger(name).setLevel(os.environ.get("SYNTHLOOP_LOG", "INFO"))
     _check_config_files(argv)
     try:
         run_cli(argv)

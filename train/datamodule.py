@@ -132,6 +132,13 @@ class OnlineDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self.make_loader(self.build_stream())
 
+    def val_dataloader(self):
+        """Evaluation belongs to the model (zero-shot sets, held-out games): delegate when it has some."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None and type(module).val_dataloader is not pl.LightningModule.val_dataloader:
+            return module.val_dataloader()
+        return []
+
     # -- bookkeeping ----------------------------------------------------------------------------
     def record_consumed(self, batch: dict[str, Any]) -> None:
         """Advance slot positions past every sample of a batch the trainer is about to train on."""

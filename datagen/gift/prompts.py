@@ -1,0 +1,227 @@
+"""GIFT prompt pools: the class-name prompts whose synthetic images are replayed at task ``t``.
+
+Spec (``shared/methods/gift.md``): ``P_t = {"a photo of a {c}." for the 1000 ImageNet class names}
+∪ {first-template prompts of all classes of the tasks before t}``; the current task's own classes are
+not in its pool. N prompts are drawn uniformly *with replacement*; a synthetic pair's label is the
+index of its prompt in the pool (its *prompt id*).
+
+The pool is a set: duplicates are dropped keeping the first occurrence, so prompt id <-> prompt text
+is a bijection ("two images with the same prompt share a label" then holds for ids and texts alike).
+
+Toy runs replace ImageNet by the world's "pre-training" vocabulary (:func:`world_base_prompts`):
+single-object prompts in the wording of the world captions ("a photo of a red cube.", "a photo of a
+small metal sphere."). Every world prompt carries a JSON-able ``spec`` that says what to render, so
+the toy generator (:class:`datagen.gift.backends.WorldT2I`) can draw exactly what the prompt says.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from datagen.world import TASK_FAMILIES, TaskFamily, object_phrase
+from datagen.world.scene import ATTRIBUTE_VALUES
+
+IMAGENET_TEMPLATE = "a photo of a {}."
+WORLD_TEMPLATE = "a photo of {}."  # filled with object_phrase(..., det="a"): the article follows the phrase
+_IMAGENET_FILE = os.path.join(os.path.dirname(__file__), "imagenet_classnames.txt")
+_SAMPLE_SALT = 0x61F7  # keeps pool draws out of the seed space of the per-item image seeds
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classnames() -> tuple[str, ...]:
+    """The 1000 ImageNet class names in label order (CLIP wording; source and edits in the data file)."""
+    with open(_IMAGENET_FILE, encoding="utf-8") as f:
+        names = tuple(line.rstrip("\n") for line in f if line.strip() and not line.startswith("#"))
+    if len(names) != 1000 or len(set(names)) != 1000:
+        raise RuntimeError(f"{_IMAGENET_FILE} must hold 1000 distinct class names, found {len(names)} "
+                           f"({len(set(names))} distinct)")
+    return names
+
+
+def _object_attr_sets() -> list[tuple[str, ...]]:
+    """Attribute subsets named by world base prompts: the shape plus at least one other attribute.
+
+    Shape-only ("a photo of a cube.") and shape-less ("a photo of a red object.") phrases are left out
+    on purpose: they are exactly the first-template prompts of the shape/color/material/size task
+    families, and the spec keeps the current task's class prompts out of its pool.
+    """
+    others = ("size", "color", "material")
+    subsets = [c for k in (1, 2, 3) for c in itertools.combinations(others, k)]
+    return [(*s, "shape") for s in subsets]
+
+
+@functools.lru_cache(maxsize=1)
+def _world_base() -> tuple[tuple[str, dict], ...]:
+    out = []
+    for attrs in _object_attr_sets():
+        for values in itertools.product(*(ATTRIBUTE_VALUES[a] for a in attrs)):
+            obj = dict(zip(attrs, values))
+            prompt = WORLD_TEMPLATE.format(object_phrase(obj, attrs, det="a"))
+            out.append((prompt, {"kind": "object", "attrs": obj}))
+    return tuple(out)
+
+
+def world_base_prompts() -> list[str]:
+    """The toy "pre-training" prompts (240): one object, its shape and 1-3 of size/color/material named.
+
+    Example: "a photo of a red cube.", "a photo of a small metal sphere.". Order is fixed (stable ids).
+    """
+    return [p for p, _ in _world_base()]
+
+
+def world_prompt_spec(prompt: str) -> dict | None:
+    """What a world prompt describes, or None for a prompt outside the world's wording.
+
+    ``{"kind": "object", "attrs": {"color": "red", "shape": "cube"}}`` for base prompts (attributes not
+    named are free), ``{"kind": "family", "family": "digits", "label": 3}`` for any template of a
+    registered task family formatted with one of its class names.
+    """
+    return _world_specs().get(prompt)
+
+
+@functools.lru_cache(maxsize=1)
+def _world_specs() -> dict[str, dict]:
+    specs: dict[str, dict] = {}
+    # Family prompts first: where a prompt is both (none today), the task family's meaning wins.
+    for name, fam in TASK_FAMILIES.items():
+        for label in range(fam.n_classes):
+            for p in fam.prompts(label):
+                specs.setdefault(p, {"kind": "family", "family": name, "label": label})
+    for p, spec in _world_base():
+        specs.setdefault(p, spec)
+    return specs
+
+
+@dataclass(frozen=True)
+class PromptPool:
+    """An ordered, duplicate-free list of prompts; a prompt's id is its index.
+
+    ``specs[i]`` is a JSON-able description of prompt ``i`` (``{"kind": "imagenet", "class": ...}``,
+    ``{"kind": "object", ...}``, ``{"kind": "family", ...}`` or ``{"kind": "text"}``); ``sources[i]``
+    names where it came from (``"base"`` or ``"task<k>"``, k = 0-based index in ``previous_tasks``).
+    """
+
+    prompts: tuple[str, ...]
+    specs: tuple[dict, ...] = field(default=())
+    sources: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if len(set(self.prompts)) != len(self.prompts):
+            raise ValueError("PromptPool prompts must be distinct (use build_pool, which de-duplicates)")
+        if not self.prompts:
+            raise ValueError("PromptPool is empty")
+        if not self.specs:
+            object.__setattr__(self, "specs", tuple({"kind": "text"} for _ in self.prompts))
+        if not self.sources:
+            object.__setattr__(self, "sources", tuple("base" for _ in self.prompts))
+        if not len(self.specs) == len(self.sources) == len(self.prompts):
+            raise ValueError("PromptPool: prompts, specs and sources must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, prompt_id: int) -> str:
+        return self.prompts[prompt_id]
+
+    def __contains__(self, prompt: object) -> bool:
+        return prompt in self._index
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self.prompts)}
+
+    def prompt_id(self, prompt: str) -> int:
+        """The id of ``prompt``; KeyError if it is not in the pool."""
+        return self._index[prompt]
+
+    def sample(self, n: int, seed: int) -> list[tuple[int, str]]:
+        """``n`` draws ``(prompt_id, prompt)``, uniform *with replacement*, a pure function of (pool, n, seed).
+
+        A prefix property holds: the first k draws of ``sample(n, s)`` equal ``sample(k, s)``.
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), _SAMPLE_SALT]))
+        # One integer per draw, sequentially: numpy's bounded integers keep the prefix property.
+        ids = rng.integers(0, len(self.prompts), size=n)
+        return [(int(i), self.prompts[int(i)]) for i in ids]
+
+    def content_hash(self) -> str:
+        """sha256 (hex) of the prompts and their specs in id order: changes with any prompt, order or spec."""
+        blob = json.dumps({"prompts": list(self.prompts), "specs": list(self.specs)}, sort_keys=True,
+                          ensure_ascii=False).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()
+
+    def counts(self) -> dict[str, int]:
+        """Number of prompts per source (``base``, ``task0``, ...), for logs."""
+        out: dict[str, int] = {}
+        for s in self.sources:
+            out[s] = out.get(s, 0) + 1
+        return out
+
+
+TaskSpec = TaskFamily | tuple[Sequence[str], str]
+
+
+def _task_prompts(task: TaskSpec) -> list[str]:
+    """First-template prompts of every class of ``task`` (a TaskFamily or ``(classnames, first_template)``)."""
+    if isinstance(task, TaskFamily):
+        classnames, template = task.classnames, task.templates[0]
+    else:
+        classnames, template = task
+        if not isinstance(template, str):
+            raise TypeError(f"previous task spec must be (classnames, first_template: str), got {task!r}")
+    return [template.format(c) for c in classnames]
+
+
+def _spec_for(prompt: str, default: dict) -> dict:
+    spec = world_prompt_spec(prompt)
+    return spec if spec is not None else default
+
+
+def build_pool(base: str | Sequence[str], previous_tasks: Sequence[TaskSpec] = ()) -> PromptPool:
+    """The pool P_t: base prompts ∪ first-template prompts of all classes of ``previous_tasks``.
+
+    ``base``: ``"imagenet"`` ("a photo of a {c}." for the 1000 ImageNet names), ``"world"``
+    (:func:`world_base_prompts`) or an explicit list of prompts. ``previous_tasks``: the tasks *before*
+    t, each ``(classnames, first_template)`` or a :class:`TaskFamily`; the caller leaves task t out,
+    which is what keeps the current task's classes out of its pool. Order: base, then tasks in order;
+    a prompt already in the pool keeps its first id.
+    """
+    entries: list[tuple[str, dict, str]] = []
+    if isinstance(base, str):
+        if base == "imagenet":
+            entries += [(IMAGENET_TEMPLATE.format(c), {"kind": "imagenet", "class": c}, "base")
+                        for c in imagenet_classnames()]
+        elif base == "world":
+            entries += [(p, spec, "base") for p, spec in _world_base()]
+        else:
+            raise ValueError(f"base must be 'imagenet', 'world' or a list of prompts, got {base!r}")
+    else:
+        entries += [(str(p), _spec_for(str(p), {"kind": "text"}), "base") for p in base]
+    for k, task in enumerate(previous_tasks):
+        entries += [(p, _spec_for(p, {"kind": "text"}), f"task{k}") for p in _task_prompts(task)]
+    seen: set[str] = set()
+    prompts, specs, sources = [], [], []
+    for p, spec, src in entries:
+        if p in seen:
+            continue
+        seen.add(p)
+        prompts.append(p)
+        specs.append(spec)
+        sources.append(src)
+    return PromptPool(tuple(prompts), tuple(specs), tuple(sources))
+
+
+def pool_summary(pool: PromptPool) -> dict[str, Any]:
+    """A small JSON-able description of a pool for manifests and logs."""
+    return {"size": len(pool), "hash": pool.content_hash(), "sources": pool.counts()}
