@@ -3,6 +3,7 @@
     synthloop fit --config configs/quickstart.yaml
     synthloop fit --config configs/quickstart.yaml --print_config
     synthloop validate --config configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
+    synthloop continual --config configs/gift/toy.yaml      (continual-learning task sequences)
 
 Every run writes its fully resolved config (``config.yaml``) next to its logs and checkpoints.
 A config mistake (unknown key, wrong type, missing file) ends with one line naming the key.
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(os.environ.get("SYNTHLOOP_LOG", "INFO"))
     _check_config_files(argv)
     try:
+        if argv and argv[0] == "continual":
+            from train.continual_runner import main as continual_main
+
+            continual_main(argv[1:])
+            return
         run_cli(argv)
     except Exception as exc:
         from jsonargparse import ArgumentError

@@ -1,0 +1,226 @@
+"""``synthloop continual``: run a continual-learning task sequence end to end (MTIL protocol).
+
+For each task t (in order): build the prompt pool (base pool + first-template prompts of the tasks
+before t), make or reuse the replay set (content-hashed, split across ranks), fine-tune the model of
+task t-1 on task t with the chosen method (teacher = frozen model of task t-1), evaluate zero-shot on
+*every* task of the sequence, checkpoint. Writes, in ``out_dir``:
+
+    state.json                 tasks finished so far (resume point), method, sequence
+    accuracy_matrix.{json,csv,png}   A[i, j] = accuracy on task j after task i, + Transfer/Avg/Last/BWT
+    zeroshot.json              the starting model's accuracy on every task (the zero-shot reference)
+    task{t:02d}-<name>/        Lightning checkpoints of that task (step-level resume) and model.pt (open_clip format)
+
+A killed run restarted with the same command skips finished tasks (their weights are reloaded),
+resumes the interrupted task from its last step checkpoint, and reuses existing replay sets.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from datagen.gift import ReplayDataset, backend_from_config, build_pool, make_replay_set, wait_complete
+from datagen.gift.task_stream import ContinualStream, ContinualTransform
+from models.clip import create_clip, save_open_clip_checkpoint
+from train.callbacks import DataMonitor
+from train.continual import AccuracyMatrix, cl_metrics, format_matrix_table
+from train.datamodule import OnlineDataModule
+from train.gift_module import GIFTTask, logit_scale_is_fixed, method_parts
+from train.zeroshot import EvalSet, build_world_eval_sets, zero_shot_accuracy
+
+log = logging.getLogger(__name__)
+
+
+class TaskSource:
+    """One task of the sequence: a world task family, or a converted real dataset (``folder:<Name>``)."""
+
+    def __init__(self, spec: str, image_size: int, folder_root: str | None) -> None:
+        self.spec = spec
+        if spec.startswith("folder:"):
+            from datagen.gift.folders import FolderTask, load_task_info
+
+            if folder_root is None:
+                raise ValueError(f"task {spec!r} needs `folder_root` (the converted MTIL folder, docs/mtil.md)")
+            self.name = spec.split(":", 1)[1]
+            self.root = folder_root
+            self.classnames, self.templates = load_task_info(folder_root, self.name)
+            self.train = FolderTask(folder_root, self.name, split="train")
+        else:
+            from datagen.world import TaskSamples, get_task_family
+
+            family = get_task_family(spec)
+            self.name, self.root = spec, None
+            self.classnames, self.templates = list(family.classnames), list(family.templates)
+            self.train = TaskSamples(spec, image_size=image_size, split="train")
+
+    @property
+    def first_template_prompts(self) -> list[str]:
+        return [self.templates[0].format(c) for c in self.classnames]
+
+    def eval_set(self, preprocess, image_size: int, per_class: int, seed: int) -> EvalSet:
+        if self.root is not None:
+            from datagen.gift.folders import folder_eval_set
+
+            return folder_eval_set(self.root, self.name, preprocess, max_per_class=per_class or None, seed=seed)
+        return build_world_eval_sets([self.name], per_class, seed, image_size, preprocess)[0]
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _rank_world() -> tuple[int, int]:
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    return rank, world
+
+
+def continual(
+    tasks: list[str],
+    method: str = "gift",
+    model_name: str = "synthloop-tiny-vit32",
+    pretrained: str | None = None,
+    out_dir: str = "runs/continual",
+    steps_per_task: int = 1000,
+    batch_size: int = 64,
+    lr: float = 1e-5,
+    task_lr: dict[str, float] | None = None,
+    warmup_steps: int = 100,
+    temperature: float = 2.0,
+    ita_weight: float = 0.25,
+    awc_lambda: float = 1.0,
+    label_smoothing: float = 0.2,
+    replay_base: str = "world",
+    replay_size: int = 1000,
+    replay_backend: dict[str, Any] | None = None,
+    replay_cache: str = "runs/replay_cache",
+    regenerate_each_epoch: bool = False,
+    seed: int = 42,
+    eval_per_class: int = 40,
+    eval_seed: int = 1234,
+    folder_root: str | None = None,
+    num_workers: int = 0,
+    checkpoint_every: int = 50,
+    accelerator: str = "cpu",
+    devices: int = 1,
+    strategy: str = "auto",
+    precision: str = "32-true",
+    max_tasks: int | None = None,
+) -> dict[str, float]:
+    """Run (or resume) a continual task sequence; returns Transfer / Avg / Last / BWT.
+
+    Args:
+        tasks: the sequence, in training order: world task families ("shape", "digits", ...) or
+            converted real datasets ("folder:Aircraft", ...).
+        method: finetune | l2 | lwf | ewc | cd | cd_ita | gift.
+        model_name, pretrained: the starting CLIP (open_clip name + local checkpoint).
+        steps_per_task, batch_size: steps per task; B task images (+ B synthetic pairs) per step (spec: 1000, 64).
+        lr, task_lr: base learning rate (spec 1e-5) and per-task overrides (spec: 5e-5 for Aircraft, MNIST).
+        warmup_steps: linear warm-up, then cosine to 0 at the end of the task (spec 100).
+        temperature, ita_weight, awc_lambda, label_smoothing: spec values 2, 0.25, 1, 0.2.
+        replay_base: "world" (toy pre-training vocabulary) or "imagenet" (real runs).
+        replay_size: N prompts drawn with replacement per task (spec 1000).
+        replay_backend: {"backend": "world", "image_size": 32} or {"backend": "diffusers", "model": <path>, ...}.
+        replay_cache: where content-hashed replay sets live (shared across runs).
+        regenerate_each_epoch: a fresh replay set per pass over it (not in the reference runs).
+        max_tasks: stop after this many tasks (the run stays resumable; for tests and kill/resume checks).
+    """
+    cd, ita, consolidation, _ = method_parts(method)
+    uses_replay = cd or ita or consolidation in ("awc", "ewc")
+    rank, world = _rank_world()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    task_lr = task_lr or {}
+    replay_backend = replay_backend or {"backend": "world", "image_size": 64}
+
+    bundle = create_clip(model_name, pretrained=pretrained)
+    model, preprocess, tokenizer = bundle.model, bundle.preprocess_val, bundle.tokenizer
+    logit_scale_is_fixed(model)
+    sources = [TaskSource(t, bundle.image_size, folder_root) for t in tasks]
+    names = [s.name for s in sources]
+    eval_sets = [s.eval_set(preprocess, bundle.image_size, eval_per_class, eval_seed) for s in sources]
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        m.eval()
+        return {es.name: zero_shot_accuracy(m, tokenizer, es, torch.device("cpu")) * 100 for es in eval_sets}
+
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"done": 0}
+    if state.get("tasks", names) != names or state.get("method", method) != method:
+        raise ValueError(f"{state_path}: this run directory holds a different sequence/method "
+                         f"({state.get('tasks')}, {state.get('method')}); use another out_dir")
+    matrix = AccuracyMatrix.from_json(out / "accuracy_matrix.json") if state["done"] else AccuracyMatrix(names)
+    if not (out / "zeroshot.json").exists() and rank == 0:
+        zs = evaluate(model)
+        _atomic_json(out / "zeroshot.json", zs)
+        log.info("zero-shot before training: %s", zs)
+    if state["done"]:
+        prev = out / f"task{state['done'] - 1:02d}-{names[state['done'] - 1]}" / "model.pt"
+        model.load_state_dict(torch.load(prev, map_location="cpu", weights_only=True)["state_dict"])
+        log.info("resuming after %d finished tasks (weights from %s)", state["done"], prev)
+
+    last = len(sources) if max_tasks is None else min(len(sources), state["done"] + max_tasks)
+    for t in range(state["done"], last):
+        src = sources[t]
+        task_dir = out / f"task{t:02d}-{src.name}"
+        teacher = copy.deepcopy(model).eval() if (cd or method == "lwf") else None
+        replay = None
+        if uses_replay:
+            pool = build_pool(replay_base, [(s.classnames, s.templates[0]) for s in sources[:t]])
+            backend = backend_from_config(replay_backend)
+            set_dir = make_replay_set(pool, replay_size, seed + t, backend, replay_cache, rank=rank,
+                                      world_size=world)
+            wait_complete(set_dir)
+            replay = ReplayDataset(set_dir)
+            log.info("task %d (%s): replay set %s, %d images (%d dropped), pool of %d prompts", t, src.name,
+                     set_dir.name, len(replay), replay.dropped, len(pool))
+        module = GIFTTask(model, teacher, tokenizer, src.first_template_prompts, method=method,
+                          lr=task_lr.get(src.name, lr), warmup_steps=warmup_steps, total_steps=steps_per_task,
+                          temperature=temperature, ita_weight=ita_weight, awc_lambda=awc_lambda,
+                          label_smoothing=label_smoothing)
+        dm = OnlineDataModule(generator=ContinualStream(src.train, replay, seed=seed + t), batch_size=batch_size,
+                              num_workers=num_workers, seed=seed * 1000 + t, transform=ContinualTransform(preprocess))
+        ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=task_dir / "checkpoints", every_n_train_steps=checkpoint_every,
+                                               save_last=True, save_top_k=1, filename="step{step:06d}",
+                                               auto_insert_metric_name=False)
+        trainer = pl.Trainer(max_steps=steps_per_task, accelerator=accelerator, devices=devices, strategy=strategy,
+                             precision=precision, logger=pl.loggers.TensorBoardLogger(str(out), name="logs",
+                                                                                      version=f"task{t:02d}"),
+                             callbacks=[ckpt_cb, DataMonitor()], enable_model_summary=False,
+                             num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(task_dir),
+                             log_every_n_steps=10, enable_progress_bar=rank == 0)
+        resume = task_dir / "checkpoints" / "last.ckpt"
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume.exists() else None)
+        model = module.model
+        accs = evaluate(model)
+        matrix.set_row(t, accs)
+        if rank == 0:
+            save_open_clip_checkpoint(model, task_dir / "model.pt", model_name, task=t, task_name=src.name)
+            matrix.to_json(out / "accuracy_matrix.json")
+            matrix.to_csv(out / "accuracy_matrix.csv")
+            matrix.heatmap_png(out / "accuracy_matrix.png", title=f"{method}: accuracy matrix")
+            _atomic_json(state_path, {"done": t + 1, "tasks": names, "method": method})
+            print(f"\nafter task {t} ({src.name}): " + ", ".join(f"{k} {v:.1f}" for k, v in accs.items()))
+        state["done"] = t + 1
+    if matrix.rows_done == len(names):
+        metrics = cl_metrics(matrix.values)
+        if rank == 0:
+            print("\n" + format_matrix_table(matrix.values, names))
+        return metrics
+    return matrix.metrics()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``synthloop continual --config configs/gift/toy.yaml [--method lwf] [--out_dir ...]``."""
+    from jsonargparse import CLI
+
+    CLI(continual, args=argv, as_positional=False)

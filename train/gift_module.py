@@ -1,0 +1,229 @@
+"""One task of continual CLIP fine-tuning: GIFT and the baselines that share its loop.
+
+Per step (``shared/methods/gift.md``), in this gradient order:
+
+1. synthetic branch: student and frozen teacher logits over the B synthetic pairs;
+   ``L_syn = L_CD (T=2) + beta * L_ITA``; backward;
+2. AWC importance from the gradients now in ``.grad`` (``F = g^2 / mean(g^2)`` per tensor), held constant;
+3. ``L_task + L_AWC`` (and LwF's distillation for that baseline); backward *on top of* the synthetic
+   gradients (no zeroing in between); one AdamW step.
+
+Methods (``method``): ``finetune`` (task loss only), ``l2`` (F = 1), ``lwf`` (distil the teacher on the
+task images), ``ewc`` (F from synthetic-branch gradients at the task start, then fixed), and GIFT's
+ablations ``cd``, ``cd_ita``, ``gift`` (= CD + ITA + AWC).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from train.clip_pretrain import warmup_cosine
+from train.gift import (EwcFisherAccumulator, awc_importance, awc_penalty, clip_logits, contrastive_distillation,
+                        image_text_alignment, l2_importance, lwf_distillation, task_loss)
+
+METHODS = {
+    # method: (contrastive distillation, ITA, weight consolidation, LwF)
+    "finetune": (False, False, None, False),
+    "l2": (False, False, "l2", False),
+    "lwf": (False, False, None, True),
+    "ewc": (False, False, "ewc", False),
+    "cd": (True, False, None, False),
+    "cd_ita": (True, True, None, False),
+    "gift": (True, True, "awc", False),
+}
+
+
+def method_parts(method: str) -> tuple[bool, bool, str | None, bool]:
+    if method not in METHODS:
+        raise ValueError(f"unknown continual method {method!r}; valid: {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+class GIFTTask(pl.LightningModule):
+    """Fine-tunes ``student`` on one task; ``teacher`` and ``anchor`` are the end of the previous task.
+
+    Args:
+        student: the open_clip model being trained (both towers; logit scale frozen at 100).
+        teacher: frozen copy of the previous task's model (None for methods that need none).
+        tokenizer: the model's tokenizer.
+        class_prompts: the task's classes in its first template ("a photo of a {c}.").
+        method: see :data:`METHODS`.
+        lr, warmup_steps, total_steps: fresh AdamW + linear warm-up + cosine to 0 per task (spec: 1e-5,
+            100, 1000; 5e-5 for the hard tasks).
+        weight_decay, betas: AdamW (spec: 0 and (0.9, 0.999)).
+        temperature: CD temperature (spec 2).
+        ita_weight: beta (spec 0.25).
+        awc_lambda: lambda (spec 1).
+        label_smoothing: task loss and ITA (spec 0.2).
+        logit_scale: fixed at 100 (spec).
+        ewc_batches: synthetic batches used to estimate the static EWC importance at the task start.
+    """
+
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer, class_prompts: list[str],
+                 method: str = "gift", lr: float = 1e-5, warmup_steps: int = 100, total_steps: int = 1000,
+                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), temperature: float = 2.0,
+                 ita_weight: float = 0.25, awc_lambda: float = 1.0, label_smoothing: float = 0.2,
+                 logit_scale: float = 100.0, ewc_batches: int = 4) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        self.register_buffer("class_tokens", tokenizer(class_prompts), persistent=False)
+        self.cd, self.ita, self.consolidation, self.lwf = method_parts(method)
+        if (self.cd or self.lwf) and teacher is None:
+            raise ValueError(f"method {method!r} needs the previous model as teacher")
+        self.method = method
+        self.lr, self.warmup_steps, self.total_steps = lr, warmup_steps, total_steps
+        self.weight_decay, self.betas = weight_decay, tuple(betas)
+        self.temperature, self.ita_weight, self.awc_lambda = temperature, ita_weight, awc_lambda
+        self.label_smoothing, self.scale = label_smoothing, logit_scale
+        self.ewc_batches = ewc_batches
+        # anchor theta_{t-1}: the student's weights at the task start (= the teacher's)
+        self.anchor = {n: p.detach().clone() for n, p in student.named_parameters()} if self.consolidation else {}
+        self.static_importance: dict[str, torch.Tensor] | None = None
+        student.logit_scale.requires_grad_(False)  # spec: frozen; the scale is 100 everywhere
+        self.nonfinite_steps = 0
+
+    @property
+    def uses_replay(self) -> bool:
+        return self.cd or self.ita or self.consolidation in ("awc", "ewc")
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _named_trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _synthetic_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        tokens = self.tokenizer(batch["replay_txt"]).to(self.device)
+        s_img, s_txt = self.model.encode_image(batch["replay_image"]), self.model.encode_text(tokens)
+        student = clip_logits(s_img, s_txt, self.scale)
+        loss = student.new_zeros(())
+        if self.cd:
+            with torch.no_grad():
+                teacher = clip_logits(self.teacher.encode_image(batch["replay_image"]),
+                                      self.teacher.encode_text(tokens), self.scale)
+            cd = contrastive_distillation(student, teacher, self.temperature)
+            self.log("train/cd", cd.detach())
+            loss = loss + cd
+        if self.ita or self.consolidation == "ewc":
+            ita = image_text_alignment(student, batch["prompt_id"], self.label_smoothing)
+            self.log("train/ita", ita.detach())
+            if self.ita:
+                loss = loss + self.ita_weight * ita
+            elif self.static_importance is None:
+                loss = loss + ita  # only used to estimate the static EWC importance
+        return loss
+
+    def _estimate_ewc(self, batch: dict[str, Any]) -> None:
+        """Static EWC: importance from the previous model's synthetic-branch gradients at the task start."""
+        acc = EwcFisherAccumulator()
+        params = self._named_trainable()
+        for _ in range(self.ewc_batches):  # the same first batch, repeated, keeps it a pure function of the data
+            self.model.zero_grad(set_to_none=True)
+            self._synthetic_loss(batch).backward()
+            acc.add({n: p.grad for n, p in params.items()})
+        self.model.zero_grad(set_to_none=True)
+        self.static_importance = acc.finalize(params=params)
+
+    # -- training ----------------------------------------------------------------------------------
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self._trainer is not None:
+            self.manual_backward(loss)
+        else:  # used outside a Trainer (tests, notebooks)
+            loss.backward()
+
+    def accumulate_gradients(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Both backward passes of one step, in the spec's order; returns the total loss (detached).
+
+        After it, ``.grad`` holds grad(L_task + L_CD + beta L_ITA) + grad(L_AWC) with F held constant.
+        A non-finite loss leaves the gradients zeroed and returns the non-finite value.
+        """
+        params = self._named_trainable()
+        if self.consolidation == "ewc" and self.static_importance is None:
+            self._estimate_ewc(batch)
+        self.model.zero_grad(set_to_none=True)
+        syn = None
+        importance = None
+        if self.cd or self.ita or self.consolidation == "awc":
+            syn = self._synthetic_loss(batch)
+            if not torch.isfinite(syn):
+                self.model.zero_grad(set_to_none=True)
+                return syn.detach()
+            if syn.requires_grad:
+                self._backward(syn)
+            if self.consolidation == "awc":
+                importance = awc_importance({n: p.grad for n, p in params.items()}, params=params)
+        if self.consolidation == "l2":
+            importance = l2_importance(params)
+        elif self.consolidation == "ewc":
+            importance = self.static_importance
+
+        image_features = self.model.encode_image(batch["image"])
+        class_features = self.model.encode_text(self.class_tokens)
+        loss = task_loss(image_features, class_features, batch["label"], self.scale, self.label_smoothing)
+        self.log("train/task", loss.detach(), prog_bar=True)
+        if self.lwf:
+            with torch.no_grad():
+                t_logits = clip_logits(self.teacher.encode_image(batch["image"]),
+                                       self.teacher.encode_text(self.class_tokens), self.scale)
+            lwf = lwf_distillation(clip_logits(image_features, class_features, self.scale), t_logits,
+                                   self.temperature)
+            self.log("train/lwf", lwf.detach())
+            loss = loss + lwf
+        if importance is not None:
+            penalty = awc_penalty(params, {n: self.anchor[n] for n in params}, importance, self.awc_lambda)
+            self.log("train/awc", penalty.detach())
+            loss = loss + penalty
+        total = loss.detach() + (syn.detach() if syn is not None else 0.0)
+        if not torch.isfinite(loss):
+            self.model.zero_grad(set_to_none=True)
+            return total
+        self._backward(loss)  # on top of the synthetic gradients: no zeroing in between
+        return total
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        total = self.accumulate_gradients(batch)
+        if not torch.isfinite(total):
+            self.nonfinite_steps += 1
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+            return
+        opt.step()
+        sched.step()
+        self.log("train/loss", total, prog_bar=True)
+
+    def log(self, *args, **kwargs) -> None:
+        if self._trainer is not None:
+            super().log(*args, **kwargs)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, self.warmup_steps, self.total_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # teacher and anchor are rebuilt from the previous task's weights on resume: keep checkpoints small
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+        if self.static_importance is not None:
+            checkpoint["ewc_importance"] = self.static_importance
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.teacher is not None:
+            for k, v in self.teacher.state_dict().items():
+                checkpoint["state_dict"].setdefault(f"teacher.{k}", v)
+        if "ewc_importance" in checkpoint:
+            self.static_importance = checkpoint["ewc_importance"]
+
+
+def logit_scale_is_fixed(model: torch.nn.Module, value: float = 100.0) -> None:
+    """Set the (frozen) logit scale to ``value`` so every forward agrees with the spec."""
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(value))
