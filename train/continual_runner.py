@@ -135,6 +135,7 @@ def continual(
         max_tasks: stop after this many tasks (the run stays resumable; for tests and kill/resume checks).
     """
     cd, ita, consolidation, _ = method_parts(method)
+    pl.seed_everything(seed, workers=True, verbose=False)
     uses_replay = cd or ita or consolidation in ("awc", "ewc")
     rank, world = _rank_world()
     out = Path(out_dir)
