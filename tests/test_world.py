@@ -258,7 +258,7 @@ def test_replace_edits(kind):
 
 def test_add_remove_blank_edits():
     r = rng(12)
-    for s in scenes(40, n_objects=(2, 6)):
+    for s in scenes(40, n_objects=(2, 5)):  # adding keeps the scene within MAX_OBJECTS = 6
         added, e = edit_scene(s, "add", r)
         assert added.objects[:-1] == s.objects and e["changes"] == [{"index": len(s), "object": asdict(added.objects[-1])}]
         new = added.objects[-1]

@@ -150,9 +150,14 @@ def continual(
     names = [s.name for s in sources]
     eval_sets = [s.eval_set(preprocess, bundle.image_size, eval_per_class, eval_seed) for s in sources]
 
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if accelerator in ("gpu", "cuda")
+                          and torch.cuda.is_available() else "cpu")
+
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        m.eval()
-        return {es.name: zero_shot_accuracy(m, tokenizer, es, torch.device("cpu")) * 100 for es in eval_sets}
+        m.eval().to(device)
+        accs = {es.name: zero_shot_accuracy(m, tokenizer, es, device) * 100 for es in eval_sets}
+        m.cpu()
+        return accs
 
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"done": 0}

@@ -29,7 +29,7 @@ ATTRIBUTE_VALUES = {"shape": SHAPES, "color": COLORS, "size": SIZES, "material":
 
 # Bounding radius as a fraction of the image side. Sized so that 6 large objects still fit with the
 # relation margins below (rejection sampling succeeds quickly; see tests).
-RADIUS = {"small": 0.085, "large": 0.135}
+RADIUS = {"small": 0.10, "large": 0.15}
 GAP = 0.015  # extra clearance between bounding discs, so glyphs never touch after anti-aliasing
 RELATION_MARGIN = 0.06  # minimum |dx| and |dy| between any two objects (relations read unambiguously)
 MAX_OBJECTS = 6
@@ -145,7 +145,8 @@ def sample_scene(
     ``n_objects`` is an exact count or an inclusive range ``(lo, hi)`` drawn uniformly. Attributes are
     uniform over the given value tuples. Positions are rejection-sampled so that bounding discs never
     overlap and every pair of objects is at least ``relation_margin`` apart in x and in y. When a
-    partial layout leaves no room, the whole layout is redrawn (up to ``max_restarts`` times).
+    partial layout leaves no room, the whole layout is redrawn (up to ``max_restarts`` times); every
+    20 failed layouts one large object becomes small, so crowded scenes of large objects still fit.
     """
     lo, hi = _n_range(n_objects)
     n = int(rng.integers(lo, hi + 1))
@@ -155,7 +156,10 @@ def sample_scene(
     shp, col, siz, mat = pick(shapes), pick(colors), pick(sizes), pick(materials)
     # Place large objects first: they are the hard ones to fit.
     order = sorted(range(n), key=lambda i: siz[i] != "large")
-    for _ in range(max_restarts):
+    for attempt in range(max_restarts):
+        if attempt and attempt % 20 == 0 and "large" in siz:
+            # A crowd of large objects may not fit at all: shrink one (the last large one) and go on.
+            siz[max(i for i in range(n) if siz[i] == "large")] = "small"
         placed: list[SceneObject | None] = [None] * n
         done: list[SceneObject] = []
         for i in order:
