@@ -1,0 +1,19 @@
+"""Unicorn (text-only VLM training) data synthesis: modality transfer and LLM-output parsing.
+
+* :mod:`.transfer` -- stage 3: text embeddings -> synthetic image embeddings (``modality_transfer``),
+  running means, modality-gap diagnostics, test-time centring of real image embeddings;
+* :mod:`.parsing` -- stages 1-2: defensive parsing/validation of LLM captions and instruction JSON.
+
+Text generation backends (LLM, HTTP server, the scene world's own writer) live in ``datagen.text``.
+"""
+
+from .parsing import (Dedup, PayloadError, clean_caption, is_refusal, normalise_text, parse_instructions,
+                      parse_json_payload, seed_objects, validate_caption)
+from .transfer import (MODES, StreamingMean, center_image_embeddings, gap_diagnostics, modality_transfer,
+                       realign_scale, realign_steps)
+
+__all__ = [
+    "MODES", "Dedup", "PayloadError", "StreamingMean", "center_image_embeddings", "clean_caption",
+    "gap_diagnostics", "is_refusal", "modality_transfer", "normalise_text", "parse_instructions",
+    "parse_json_payload", "realign_scale", "realign_steps", "seed_objects", "validate_caption",
+]
