@@ -37,6 +37,18 @@ def _text_problem(text, key: str = "txt") -> str | None:
     return None
 
 
+def _count_probs(n_objects: int | tuple[int, int], weights: list[float] | None) -> np.ndarray | None:
+    """Normalised probabilities of the object counts lo..hi (None = uniform)."""
+    if weights is None:
+        return None
+    lo, hi = (n_objects, n_objects) if isinstance(n_objects, int) else tuple(n_objects)
+    w = np.asarray(weights, dtype=float)
+    if len(w) != hi - lo + 1 or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"count_weights needs {hi - lo + 1} non-negative weights (one per count {lo}..{hi}), "
+                         f"got {weights!r}")
+    return w / w.sum()
+
+
 class WorldCaptions(SampleGenerator):
     """Image-caption pairs for CLIP pre-training.
 
@@ -45,14 +57,21 @@ class WorldCaptions(SampleGenerator):
     truthfully describes the scene ("a photo of a red object.", "a picture of two objects.", "a photo
     of a cube to the left of a sphere."), so the zero-shot prompts are in-distribution text; those
     carry ``"caption_type": "seed"`` and ``"prompt_family"`` in the json.
+
+    ``count_weights`` (one weight per object count in ``n_objects``) skews the scene sizes. Why it
+    matters: in multi-object scenes colour alone tells captions apart within a batch, so a CLIP
+    trained only on them never grounds shape words (measured: zero-shot shape at chance after 300
+    steps with uniform 1-6 objects); single-object scenes make shape necessary.
     """
 
     def __init__(self, image_size: int = 64, n_objects: int | tuple[int, int] = (1, 3), caption: str = "mix",
-                 dense_prob: float = 0.5, prompt_prob: float = 0.25) -> None:
+                 dense_prob: float = 0.5, prompt_prob: float = 0.25,
+                 count_weights: list[float] | None = None) -> None:
         if caption not in CAPTION_MODES:
             raise ValueError(f"caption must be one of {CAPTION_MODES}, got {caption!r}")
         self.image_size = check_size(image_size)
         self.n_objects, self.caption = n_objects, caption
+        self.count_weights = _count_probs(n_objects, count_weights)
         self.dense_prob, self.prompt_prob = float(dense_prob), float(prompt_prob)
 
     def _prompt(self, scene, rng: np.random.Generator) -> tuple[str, str] | None:
@@ -66,7 +85,11 @@ class WorldCaptions(SampleGenerator):
 
     def generate(self, rng: np.random.Generator, index: int) -> dict:
         """One sample: ``{"image", "txt", "json": {"scene", "index", "caption_type", "prompt_family"}}``."""
-        scene = sample_scene(rng, self.n_objects)
+        n_objects = self.n_objects
+        if self.count_weights is not None:
+            lo = n_objects if isinstance(n_objects, int) else n_objects[0]
+            n_objects = lo + int(rng.choice(len(self.count_weights), p=self.count_weights))
+        scene = sample_scene(rng, n_objects)
         image = render_scene(scene, self.image_size, rng)
         dense = self.caption == "dense" or (self.caption == "mix" and rng.random() < self.dense_prob)
         family = None
