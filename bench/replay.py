@@ -8,7 +8,13 @@ Rows:
 * ``world backend``   -- ``WorldT2I.generate`` alone (prompt parse + render), world pool prompts;
 * ``world set``       -- ``make_replay_set`` end to end (render + PNG + shards) into a temp dir;
 * ``tiny diffusers``  -- the randomly initialised tiny SD pipeline on CPU (32 px; load time excluded);
+* ``paper vs ours``   -- the same pipeline in the reference implementation's setting (batch 1, 50 PNDM
+  steps, guidance 7.5) and in ours (batched, DPM-Solver with fewer steps), side by side: on CPU with the
+  tiny pipeline, and with ``--sd15-random`` on CUDA with a randomly initialised SD-1.5-sized pipeline at
+  512 px in fp16;
 * ``cuda model``      -- only with ``--model`` and CUDA: that local pipeline at the given settings.
+
+    python bench/replay.py --sd15-random --ours-batch 16 --ours-steps 20        # on a GPU machine
 """
 
 from __future__ import annotations
@@ -65,6 +71,15 @@ def bench_diffusers(model: str, pool, n: int, device: str, dtype: str, steps: in
     return load, rate
 
 
+def compare(label: str, model: str, pool, device: str, dtype: str, size: int, n: int, args) -> None:
+    """Paper setting (batch 1, 50 PNDM steps, guidance 7.5) vs ours (batched DPM-Solver, fewer steps)."""
+    _, paper = bench_diffusers(model, pool, n, device, dtype, 50, "pndm", size, 1)
+    _, ours = bench_diffusers(model, pool, n, device, dtype, args.ours_steps, "dpm", size, args.ours_batch)
+    print(f"{label}: paper setting (batch 1, pndm 50 steps, cfg 7.5) {paper:8.3f} images/s | ours (batch "
+          f"{args.ours_batch}, dpm {args.ours_steps} steps, cfg 7.5) {ours:8.3f} images/s | {ours / paper:5.1f}x  "
+          f"(n={n}, {dtype})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -79,6 +94,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    ap.add_argument("--ours-batch", type=int, default=16, help="our batch size in the paper-vs-ours rows")
+    ap.add_argument("--ours-steps", type=int, default=20, help="our DPM-Solver steps in the paper-vs-ours rows")
+    ap.add_argument("--n-compare-cpu", type=int, default=16)
+    ap.add_argument("--n-compare-gpu", type=int, default=32)
+    ap.add_argument("--sd15-random", action="store_true",
+                    help="also compare on a randomly initialised SD-1.5-sized pipeline at 512 px (CUDA)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -105,6 +126,20 @@ def main() -> None:
                                          32, 8)
             print(f"tiny diffusers    32 px {sched:5s} {args.tiny_steps:2d} steps {rate:8.2f} images/s  "
                   f"(n={args.n_tiny}, cpu fp32, batch 8; build {build:.1f}s, load {load:.1f}s)")
+
+    # the reference implementation's setting vs ours, on the same pipeline
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = tiny_diffusers_pipeline(os.path.join(tmp, "tiny"))
+        compare("cpu tiny 32 px", tiny, imagenet_pool, "cpu", "fp32", 32, args.n_compare_cpu, args)
+        if args.sd15_random:
+            if not torch.cuda.is_available():
+                print("sd15-random: skipped: CUDA is not available")
+            else:
+                from datagen.gift import sd15_sized_random_pipeline
+
+                sd = sd15_sized_random_pipeline(os.path.join(tmp, "sd15"))
+                compare(f"cuda SD-1.5-sized 512 px ({torch.cuda.get_device_name()})", sd, imagenet_pool, "cuda",
+                        "fp16", 512, args.n_compare_gpu, args)
 
     if args.model:
         if not torch.cuda.is_available():

@@ -9,7 +9,8 @@ Typical use at the boundary before task t (see ``shared/methods/gift.md``)::
     data = ReplayDataset(set_dir, transform=clip_eval_transform)
 """
 
-from .backends import DiffusersT2I, TextToImage, WorldT2I, backend_from_config, is_black, tiny_diffusers_pipeline
+from .backends import (DiffusersT2I, TextToImage, WorldT2I, backend_from_config, is_black,
+                       sd15_sized_random_pipeline, tiny_diffusers_pipeline)
 from .prompts import (IMAGENET_TEMPLATE, PromptPool, build_pool, imagenet_classnames, pool_summary,
                       world_base_prompts, world_prompt_spec)
 from .replay import (ReplayDataset, epoch_seed, is_complete, item_seed, make_replay_set, part_name,
@@ -19,5 +20,5 @@ __all__ = [
     "DiffusersT2I", "IMAGENET_TEMPLATE", "PromptPool", "ReplayDataset", "TextToImage", "WorldT2I",
     "backend_from_config", "build_pool", "epoch_seed", "imagenet_classnames", "is_black", "is_complete",
     "item_seed", "make_replay_set", "part_name", "pool_summary", "replay_set_dir", "replay_set_hash",
-    "tiny_diffusers_pipeline", "wait_complete", "world_base_prompts", "world_prompt_spec",
+    "sd15_sized_random_pipeline", "tiny_diffusers_pipeline", "wait_complete", "world_base_prompts", "world_prompt_spec",
 ]

@@ -245,31 +245,20 @@ def _tiny_clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def tiny_diffusers_pipeline(out_dir: str | os.PathLike, seed: int = 0) -> str:
-    """Build a tiny randomly initialised ``StableDiffusionPipeline`` and ``save_pretrained`` it to ``out_dir``.
-
-    UNet (32, 64) channels with cross-attention dim 32, a 2-level VAE (32 px images <-> 16 px latents),
-    a 2-layer CLIP text encoder of width 32, a byte-level tokenizer built in code (loads offline), PNDM
-    (``skip_prk_steps`` as in SD 1.x) and no safety checker. Returns the directory (as str). Images are
-    noise, of course; what it exercises is the loading/scheduling/batching/seeding path.
-    """
+def _random_sd_pipeline(out_dir: str | os.PathLike, seed: int, note: str, unet_kw: dict, vae_kw: dict,
+                        text_kw: dict) -> str:
+    """A randomly initialised ``StableDiffusionPipeline`` of the given sizes, ``save_pretrained`` to ``out_dir``."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=4, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=32, sample_size=32)
+    unet = UNet2DConditionModel(in_channels=4, out_channels=4, **unet_kw)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **vae_kw)
     tokenizer = _tiny_clip_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77,
+                                                bos_token_id=0, eos_token_id=1, pad_token_id=1, **text_kw))
+    # SD 1.x's scheduler settings
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False,
                               steps_offset=1)
@@ -279,8 +268,47 @@ def tiny_diffusers_pipeline(out_dir: str | os.PathLike, seed: int = 0) -> str:
     out_dir = os.fspath(out_dir)
     pipe.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "TINY_RANDOM_PIPELINE.json"), "w", encoding="utf-8") as f:
-        json.dump({"note": "randomly initialised test pipeline (datagen.gift.backends)", "seed": seed}, f)
+        json.dump({"note": note, "seed": seed}, f)
     return out_dir
+
+
+def tiny_diffusers_pipeline(out_dir: str | os.PathLike, seed: int = 0) -> str:
+    """Build a tiny randomly initialised ``StableDiffusionPipeline`` and ``save_pretrained`` it to ``out_dir``.
+
+    UNet (32, 64) channels with cross-attention dim 32, a 2-level VAE (32 px images <-> 16 px latents),
+    a 2-layer CLIP text encoder of width 32, a byte-level tokenizer built in code (loads offline), PNDM
+    (``skip_prk_steps`` as in SD 1.x) and no safety checker. Returns the directory (as str). Images are
+    noise, of course; what it exercises is the loading/scheduling/batching/seeding path.
+    """
+    return _random_sd_pipeline(
+        out_dir, seed, "randomly initialised test pipeline (datagen.gift.backends)",
+        unet_kw=dict(sample_size=16, layers_per_block=1, block_out_channels=(32, 64),
+                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                     attention_head_dim=8, norm_num_groups=32),
+        vae_kw=dict(block_out_channels=(32, 64), layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                    up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32, sample_size=32),
+        text_kw=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4))
+
+
+def sd15_sized_random_pipeline(out_dir: str | os.PathLike, seed: int = 0) -> str:
+    """A randomly initialised pipeline with Stable Diffusion 1.5's architecture (for throughput benchmarks).
+
+    UNet: SD 1.5's config (block channels 320/640/1280/1280, 2 layers per block, cross-attention 768,
+    8 heads, 64 x 64 latents = 512 px images; ~860 M parameters); VAE: SD's (128/256/512/512, 4 latent
+    channels); text encoder: CLIP ViT-L/14's text transformer size (768 wide, 12 layers) with the small
+    tokenizer built in code (the vocabulary size does not change the cost of generation).
+    """
+    return _random_sd_pipeline(
+        out_dir, seed, "randomly initialised SD-1.5-sized pipeline (benchmarks only)",
+        unet_kw=dict(sample_size=64, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+                     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
+                     attention_head_dim=8, norm_num_groups=32),
+        vae_kw=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                    norm_num_groups=32, sample_size=512),
+        text_kw=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12))
 
 
 def backend_from_config(cfg: dict[str, Any]) -> TextToImage:
