@@ -58,7 +58,7 @@ def test_print_config_resolves_defaults(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["model"]["class_path"] == "train.clip_pretrain.CLIPPretrain"
-    assert cfg["model"]["init_args"]["model_name"] == "synthloop-tiny-vit32"
+    assert cfg["model"]["init_args"]["model_name"] == "synthloop-tiny-rn64"
     assert cfg["data"]["init_args"]["generator"]["class_path"] == "datagen.world.WorldCaptions"
     # defaults not written in the file are resolved too
     assert "betas" in cfg["model"]["init_args"] and "prefetch_factor" in cfg["data"]["init_args"]
@@ -87,3 +87,22 @@ def test_fit_writes_resolved_config_checkpoint_and_export(tmp_path):
     model = open_clip.create_model("synthloop-micro-vit32", pretrained=str(run / "clip_final.pt"))
     assert model is not None
     assert "zero-shot accuracy at step 4" in proc.stdout
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs" / "gift").glob("*.yaml")))
+def test_every_continual_config_parses(tmp_path, config):
+    proc = _run("continual", "--config", str(ROOT / "configs" / "gift" / config), "--print_config", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["method"] == "gift" and len(cfg["tasks"]) >= 6
+
+
+def test_continual_config_mistake_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    cfg = yaml.safe_load((ROOT / "configs/gift/toy.yaml").read_text())
+    cfg["steps_per_tsk"] = 3
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = _run("continual", "--config", str(bad), cwd=tmp_path)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("synthloop: config error in ") and "steps_per_tsk" in last, proc.stderr[-2000:]

@@ -229,4 +229,4 @@ def main(argv: list[str] | None = None) -> None:
     """``synthloop continual --config configs/gift/toy.yaml [--method lwf] [--out_dir ...]``."""
     from jsonargparse import CLI
 
-    CLI(continual, args=argv, as_positional=False)
+    CLI(continual, args=argv, as_positional=False, exit_on_error=False)
