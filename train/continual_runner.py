@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -183,12 +184,16 @@ def continual(
         if uses_replay:
             pool = build_pool(replay_base, [(s.classnames, s.templates[0]) for s in sources[:t]])
             backend = backend_from_config(replay_backend)
-            set_dir = make_replay_set(pool, replay_size, seed + t, backend, replay_cache, rank=rank,
-                                      world_size=world)
-            wait_complete(set_dir)
-            replay = ReplayDataset(set_dir)
-            log.info("task %d (%s): replay set %s, %d images (%d dropped), pool of %d prompts", t, src.name,
-                     set_dir.name, len(replay), replay.dropped, len(pool))
+            # one set per pass over it when regenerating each epoch (about steps * B / N passes)
+            passes = math.ceil(steps_per_task * batch_size * world / replay_size) if regenerate_each_epoch else 1
+            replay = []
+            for epoch in range(passes):
+                set_dir = make_replay_set(pool, replay_size, seed + t, backend, replay_cache, rank=rank,
+                                          world_size=world, epoch=epoch)
+                wait_complete(set_dir)
+                replay.append(ReplayDataset(set_dir))
+            log.info("task %d (%s): %d replay set(s) like %s, %d images (%d dropped), pool of %d prompts", t,
+                     src.name, len(replay), set_dir.name, len(replay[0]), replay[0].dropped, len(pool))
         module = GIFTTask(model, teacher, tokenizer, src.first_template_prompts, method=method,
                           lr=task_lr.get(src.name, lr), warmup_steps=warmup_steps, total_steps=steps_per_task,
                           temperature=temperature, ita_weight=ita_weight, awc_lambda=awc_lambda,

@@ -18,20 +18,25 @@ from datagen.stream import SampleGenerator
 
 
 class ReplayCycle:
-    """Index -> replay item: one permutation of the N items per pass, seeded by (seed, pass)."""
+    """Index -> (set, item): one permutation of the N items per pass, seeded by (seed, pass).
 
-    def __init__(self, replay, seed: int) -> None:
-        self.replay, self.seed = replay, int(seed)
+    With several replay sets (``regenerate_each_epoch``), pass ``p`` uses set ``p mod len(sets)``.
+    """
+
+    def __init__(self, replays: list, seed: int) -> None:
+        self.replays, self.seed = replays, int(seed)
+        self.replay = replays[0]
         self._perm_pass: int | None = None
         self._perm: np.ndarray | None = None
 
-    def item(self, index: int) -> int:
-        n = len(self.replay)
+    def item(self, index: int) -> tuple[int, int]:
+        n = len(self.replay)  # passes are counted in the first set's size (sets differ only by drops)
         p = index // n
         if p != self._perm_pass:  # streams move forward, so one cached permutation suffices
             self._perm = np.random.default_rng([self.seed, p]).permutation(n)
             self._perm_pass = p
-        return int(self._perm[index % n])
+        which = p % len(self.replays)
+        return which, int(self._perm[index % n]) % len(self.replays[which])
 
 
 class ContinualStream(SampleGenerator):
@@ -40,14 +45,16 @@ class ContinualStream(SampleGenerator):
     Args:
         task: a generator of labelled task samples (``{"image": PIL, "label": int, ...}``), e.g.
             ``datagen.world.TaskSamples`` or :class:`datagen.gift.folders.FolderTask`.
-        replay: a map-style replay set (``datagen.gift.ReplayDataset`` without transform) or None.
+        replay: a map-style replay set (``datagen.gift.ReplayDataset`` without transform), a list of
+            them (a fresh set per pass: ``regenerate_each_epoch``), or None.
         seed: seed of the replay passes' permutations.
     """
 
     def __init__(self, task: SampleGenerator, replay=None, seed: int = 0) -> None:
         self.task = task
         self.replay = replay
-        self.cycle = ReplayCycle(replay, seed) if replay is not None and len(replay) > 0 else None
+        replays = replay if isinstance(replay, (list, tuple)) else ([replay] if replay is not None else [])
+        self.cycle = ReplayCycle(list(replays), seed) if replays and len(replays[0]) > 0 else None
 
     def generate(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
         s = self.task.generate(rng, index)
@@ -56,7 +63,8 @@ class ContinualStream(SampleGenerator):
             raise ValueError(f"task sample {index}: {problem}")
         out = {"image": s["image"], "label": int(s["label"]), "__key__": s.get("__key__", f"{index:010d}")}
         if self.cycle is not None:
-            item = self.replay[self.cycle.item(index)]
+            which, k = self.cycle.item(index)
+            item = self.cycle.replays[which][k]
             out.update(replay_image=item["image"], prompt_id=int(item["prompt_id"]), replay_txt=item["txt"])
         return out
 
