@@ -50,15 +50,13 @@ def is_refusal(text: str) -> bool:
     return bool(REFUSAL_RE.search(text or ""))
 
 
-def _balanced_end(text: str, start: int) -> int | None:
-    """Index just past the bracket closing ``text[start]``, or None when the text ends first.
-
-    String-aware (brackets inside "..." do not count, backslash escapes are honoured), so a question
-    like "what is in [the box]?" inside a JSON string does not confuse the scan.
-    """
-    stack, in_str, esc = [], False, False
+def _json_chars(text: str, start: int = 0):
+    """Yield ``(index, char, inside_string)`` over ``text`` with backslash escapes honoured: one scanner
+    for every JSON walk here. An opening quote counts as outside its string, the closing one as inside."""
+    in_str, esc = False, False
     for k in range(start, len(text)):
         ch = text[k]
+        yield k, ch, in_str
         if in_str:
             if esc:
                 esc = False
@@ -68,7 +66,19 @@ def _balanced_end(text: str, start: int) -> int | None:
                 in_str = False
         elif ch == '"':
             in_str = True
-        elif ch in _OPEN:
+
+
+def _balanced_end(text: str, start: int) -> int | None:
+    """Index just past the bracket closing ``text[start]``, or None when the text ends first.
+
+    String-aware (brackets inside "..." do not count, backslash escapes are honoured), so a question
+    like "what is in [the box]?" inside a JSON string does not confuse the scan.
+    """
+    stack = []
+    for k, ch, in_str in _json_chars(text, start):
+        if in_str or ch == '"':
+            continue
+        if ch in _OPEN:
             stack.append(_CLOSE[_OPEN.index(ch)])
         elif ch in _CLOSE:
             if ch != stack.pop() or not stack:
@@ -78,16 +88,10 @@ def _balanced_end(text: str, start: int) -> int | None:
 
 def _drop_trailing_commas(s: str) -> str:
     """Remove commas directly before ``]`` or ``}`` outside strings (``[1, 2,]`` -> ``[1, 2]``)."""
-    out, in_str, esc, pending = [], False, False, None
-    for ch in s:
+    out, pending = [], None
+    for _, ch, in_str in _json_chars(s):
         if in_str:
             out.append(ch)
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
             continue
         if pending is not None:  # a comma seen outside strings, waiting for the next non-space char
             if ch.isspace():
