@@ -31,9 +31,9 @@ from datagen.gift import ReplayDataset, backend_from_config, build_pool, make_re
 from datagen.gift.task_stream import ContinualStream, ContinualTransform
 from models.clip import create_clip, save_open_clip_checkpoint
 from train.callbacks import DataMonitor
-from train.continual import AccuracyMatrix, cl_metrics, format_matrix_table
+from train.continual import AccuracyMatrix, _atomic_write_text, cl_metrics, format_matrix_table
 from train.datamodule import OnlineDataModule
-from train.gift_module import GIFTTask, logit_scale_is_fixed, method_parts
+from train.gift_module import GIFTTask, logit_scale_is_fixed, method_parts, uses_replay
 from train.zeroshot import EvalSet, build_world_eval_sets, zero_shot_accuracy
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ class TaskSource:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    _atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def _rank_world() -> tuple[int, int]:
@@ -135,9 +133,9 @@ def continual(
         regenerate_each_epoch: a fresh replay set per pass over it (not in the reference runs).
         max_tasks: stop after this many tasks (the run stays resumable; for tests and kill/resume checks).
     """
-    cd, ita, consolidation, _ = method_parts(method)
+    cd, _, _, _ = method_parts(method)
     pl.seed_everything(seed, workers=True, verbose=False)
-    uses_replay = cd or ita or consolidation in ("awc", "ewc")
+    needs_replay = uses_replay(method)
     rank, world = _rank_world()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +179,7 @@ def continual(
         task_dir = out / f"task{t:02d}-{src.name}"
         teacher = copy.deepcopy(model).eval() if (cd or method == "lwf") else None
         replay = None
-        if uses_replay:
+        if needs_replay:
             pool = build_pool(replay_base, [(s.classnames, s.templates[0]) for s in sources[:t]])
             backend = backend_from_config(replay_backend)
             # one set per pass over it when regenerating each epoch (about steps * B / N passes)

@@ -43,6 +43,12 @@ def method_parts(method: str) -> tuple[bool, bool, str | None, bool]:
     return METHODS[method]
 
 
+def uses_replay(method: str) -> bool:
+    """Whether ``method`` needs a synthetic replay set (CD, ITA, or an importance from replay gradients)."""
+    cd, ita, consolidation, _ = method_parts(method)
+    return cd or ita or consolidation in ("awc", "ewc")
+
+
 class GIFTTask(pl.LightningModule):
     """Fine-tunes ``student`` on one task; ``teacher`` and ``anchor`` are the end of the previous task.
 
@@ -90,10 +96,6 @@ class GIFTTask(pl.LightningModule):
         self.static_importance: dict[str, torch.Tensor] | None = None
         student.logit_scale.requires_grad_(False)  # spec: frozen; the scale is 100 everywhere
         self.nonfinite_steps = 0
-
-    @property
-    def uses_replay(self) -> bool:
-        return self.cd or self.ita or self.consolidation in ("awc", "ewc")
 
     # -- pieces ------------------------------------------------------------------------------------
     def _named_trainable(self) -> dict[str, torch.nn.Parameter]:
