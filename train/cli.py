@@ -4,6 +4,8 @@
     synthloop fit --config configs/quickstart.yaml --print_config
     synthloop validate --config configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
     synthloop continual --config configs/gift/toy.yaml      (continual-learning task sequences)
+    synthloop datagen unicorn --config configs/unicorn/datagen_world.yaml   (materialise synthetic data)
+    synthloop unicorn-toy                                    (the Unicorn toy recipe end to end)
 
 Every run writes its fully resolved config (``config.yaml``) next to its logs and checkpoints.
 A config mistake (unknown key, wrong type, missing file) ends with one line naming the key.
@@ -30,6 +32,33 @@ class SynthloopCLI(LightningCLI):
         parser.add_argument("--run_name", type=str | None, default=None,
                             help="name of the run directory under trainer.default_root_dir (default: derived "
                                  "from the config file name)")
+        # resilience (train/resilience.py, train/strategies.py)
+        parser.add_argument("--resume", type=str | None, default=None,
+                            help="auto: continue from the run directory's newest complete checkpoint if there is "
+                                 "one (same command after a crash), else start fresh")
+        parser.add_argument("--collective_timeout", type=float | None, default=None,
+                            help="seconds a rank waits in a collective for a dead or stuck peer before failing "
+                                 "(default: $SYNTHLOOP_COLLECTIVE_TIMEOUT_S, else torch's 30 min)")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config.get(str(self.subcommand), self.config)
+        resume = cfg.get("resume")
+        if resume not in (None, "auto", "never"):
+            raise SystemExit(f"synthloop: error: --resume must be 'auto' or 'never', got {resume!r}")
+        if resume == "auto" and self.subcommand == "fit":
+            from train.resilience import apply_resume_auto
+
+            apply_resume_auto(cfg)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
+        from train.resilience import default_callbacks, harden_trainer
+        from train.strategies import resolve_strategy
+
+        cfg = self.config.get(str(self.subcommand), self.config)
+        config["strategy"] = resolve_strategy(config.get("strategy", "auto"), config.get("accelerator", "auto"),
+                                              cfg.get("collective_timeout"))
+        callbacks = list(callbacks) + default_callbacks(list(config.get("callbacks") or []) + list(callbacks))
+        return harden_trainer(super()._instantiate_trainer(config, callbacks))
 
 
 def config_error_line(exc: BaseException) -> str:
@@ -93,6 +122,16 @@ def main(argv: list[str] | None = None) -> None:
             from train.continual_runner import main as continual_main
 
             continual_main(argv[1:])
+            return
+        if argv and argv[0] == "datagen":
+            from datagen.cli import main as datagen_main
+
+            datagen_main(argv[1:])
+            return
+        if argv and argv[0] == "unicorn-toy":
+            from train.unicorn_toy import main as unicorn_toy_main
+
+            unicorn_toy_main(argv[1:])
             return
         run_cli(argv)
     except Exception as exc:

@@ -1,0 +1,136 @@
+"""Unicorn stages 1 and 2 as an online sample generator (the DataModule's source, or a shard export's).
+
+One sample = one seed caption taken through the stages:
+
+* **seed** -- a sparse caption of a random world scene (``seed_caption``), or a line of a local
+  seed file (``seeds: path/to/seeds.txt``, one caption per line: the real-scale case);
+* **stage 1** -- the backend expands it with the ``caption_expansion`` prompt; the output is cleaned
+  and validated (:func:`validate_caption`: empty, refusal, copy of the seed, too short, a main
+  object of the seed missing) -- a rejected caption drops the sample with that reason;
+* **stage 2** (``stage="instructions"``) -- the backend writes JSON items from the caption with the
+  ``instructions`` prompt; :func:`parse_instructions` keeps the valid ones and counts the rejected
+  ones by reason (``rejects`` in the sample); a caption with no valid item drops the sample.
+
+Stage 3 (text embedding -> synthetic image embedding) needs the CLIP text tower and runs on the
+training side (``train.unicorn_module``), batched on the accelerator.
+
+With the scene world's writer as backend (the offline default), the seed's scene is bound to the
+writer so stage 1 describes exactly that scene, and ``render_size`` adds the rendered ``image`` --
+what the real-image upper bound of the toy recipe trains on (never used by the text-only runs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from datagen.stream import SampleGenerator
+from datagen.text.base import PromptTemplate, TextBackend, load_prompt
+from datagen.text.world_writer import PROMPT_DIR, WorldWriter
+
+from .parsing import clean_caption, parse_instructions, validate_caption
+
+STAGES = ("captions", "instructions")
+
+
+def _load(prompt: PromptTemplate | str | None, default: str) -> PromptTemplate:
+    if isinstance(prompt, PromptTemplate):
+        return prompt
+    return load_prompt(prompt or os.path.join(PROMPT_DIR, default))
+
+
+class UnicornText(SampleGenerator):
+    """Stages 1 (and 2) of Unicorn, one seed per sample (see module docstring).
+
+    Args:
+        stage: ``"captions"`` (stage 1 only: ``{"seed", "caption"}``) or ``"instructions"`` (stages
+            1+2: adds ``"items"`` and ``"rejects"``).
+        backend: a :class:`TextBackend` (``TransformersBackend``, ``OpenAIHTTPBackend``, ...); None =
+            the scene world's writer.
+        seeds: None = world seed captions; else a text file with one seed caption per line (sample
+            ``index`` takes line ``index mod n``).
+        n_objects: object-count range of world scenes.
+        render_size: also render the scene (``"image"``, PIL) at this size -- world seeds only.
+        min_words: stage-1 captions shorter than this are rejected.
+        max_new_tokens, temperature: generation settings of both stages.
+    """
+
+    def __init__(self, stage: str = "captions", backend: TextBackend | None = None, seeds: str | None = None,
+                 n_objects: tuple[int, int] = (1, 6), render_size: int | None = None,
+                 caption_prompt: str | None = None, instruction_prompt: str | None = None, min_words: int = 8,
+                 max_new_tokens: int = 512, temperature: float = 0.7) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.stage = stage
+        self.caption_prompt = _load(caption_prompt, "caption_expansion.yaml")
+        self.instruction_prompt = _load(instruction_prompt, "instructions.yaml")
+        self.backend = backend if backend is not None else WorldWriter(self.caption_prompt, self.instruction_prompt)
+        self.n_objects, self.render_size = tuple(n_objects), render_size
+        self.min_words, self.max_new_tokens, self.temperature = int(min_words), int(max_new_tokens), float(temperature)
+        self.seed_lines: list[str] | None = None
+        if seeds is not None:
+            if render_size is not None:
+                raise ValueError("render_size needs world seeds (a seed file has no scenes to render)")
+            if not os.path.isfile(seeds):
+                raise FileNotFoundError(f"seed file {seeds!r} does not exist (one seed caption per line)")
+            with open(seeds, encoding="utf-8") as f:
+                self.seed_lines = [line.strip() for line in f if line.strip()]
+            if not self.seed_lines:
+                raise ValueError(f"seed file {seeds!r} has no non-empty line")
+
+    def config(self) -> dict[str, Any]:
+        """What determines the samples (for manifests and logs)."""
+        return {"stage": self.stage, "backend": self.backend.config(), "n_objects": list(self.n_objects),
+                "seeds": "world" if self.seed_lines is None else len(self.seed_lines),
+                "caption_prompt": self.caption_prompt.user, "instruction_prompt": self.instruction_prompt.user,
+                "min_words": self.min_words, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+
+    def _complete(self, messages, index: int, stage: int) -> str | None:
+        out = self.backend.complete([messages], max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                    seed=int(index) * 2 + stage)
+        return out[0]
+
+    def generate(self, rng: np.random.Generator, index: int) -> dict:
+        from datagen.world import render_scene, sample_scene, seed_caption
+
+        sample: dict[str, Any] = {"json": {"index": int(index)}}
+        scene = None
+        if self.seed_lines is None:
+            scene = sample_scene(rng, self.n_objects)
+            seed = seed_caption(scene, rng)
+            sample["json"]["scene"] = scene.to_dict()
+            if isinstance(self.backend, WorldWriter):
+                self.backend.bind(seed, scene)
+        else:
+            seed = self.seed_lines[index % len(self.seed_lines)]
+        sample["seed"] = seed
+        caption = clean_caption(self._complete(self.caption_prompt.render(seed=seed), index, 0))
+        reason = validate_caption(seed, caption, min_words=self.min_words)
+        if reason is not None:
+            sample["__reject__"] = f"caption:{reason}"
+            return sample
+        sample["caption"] = caption
+        if self.stage == "instructions":
+            raw = self._complete(self.instruction_prompt.render(caption=caption), index, 1)
+            items, rejects = parse_instructions(raw, caption)
+            sample["items"], sample["rejects"] = items, dict(rejects)
+            if not items:
+                sample["__reject__"] = "instructions:" + (",".join(sorted(rejects)) or "empty")
+                return sample
+        if self.render_size is not None and scene is not None:
+            sample["image"] = render_scene(scene, self.render_size, rng)
+        return sample
+
+    def validate(self, sample: dict) -> str | None:
+        return sample.get("__reject__")
+
+
+def reject_counts(samples: list[dict]) -> Counter:
+    """Item-level stage-2 rejects summed over samples (sample-level drops are counted by the stream)."""
+    total: Counter = Counter()
+    for s in samples:
+        total.update(s.get("rejects") or {})
+    return total

@@ -1,0 +1,297 @@
+"""Unicorn's VLM trainer: text-only training of an embedding-input VLM (``shared/methods/unicorn.md``).
+
+One LightningModule, three stages (``stage``):
+
+* ``"text"`` -- the toy recipe's stand-in for LLM pre-training: the LM alone learns the world's
+  language from plain captions and from chat turns "caption + question -> answer" (no image);
+* ``"align"`` (stage A) -- ``<image>`` + caption, **projector only** (LR 5e-4 in the paper);
+* ``"instruct"`` (stage B) -- chat-formatted instruction items, loss only on the assistant turns,
+  projector + LM (or a LoRA adapter) (LR 1e-5 in the paper).
+
+The visual input of stages A and B is chosen by ``embedding``:
+
+* ``"text"`` (Unicorn) -- the caption's CLIP text embedding, L2-normalised, moved by stage 3
+  :func:`datagen.unicorn.modality_transfer` (``transfer_mode`` = raw / mean_shift /
+  mean_shift_noise / ideal / realign). The text mean μ_U is a running mean over the training
+  stream, updated *before* use (checkpointed); ``ideal``/``realign`` also use an unpaired pool of
+  rendered images for μ_V (and the ReAlign scale);
+* ``"image"`` (the real-image upper bound) -- the rendered scene's CLIP image embedding, normalised
+  and centred on the pool mean, exactly what the model gets at test time.
+
+Test-time centring (``test_center="auto"``): images are centred on the evaluation pool's mean for
+the modes whose training inputs are centred (mean_shift, mean_shift_noise, real images); for raw,
+ideal and realign the training inputs live in the (uncentred) image region, so raw normalised image
+embeddings are fed.
+
+At the end of ``fit``, rank 0 writes the VLM with ``save_pretrained`` (``export_dir``) and, when
+``eval_jsonl`` is set, runs the VQA evaluator and writes ``vqa_results.json`` next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from datagen.unicorn import MODES, StreamingMean, gap_diagnostics, modality_transfer
+from models.vlm import EmbeddingVLM, OpenCLIPVisionTower, build_vlm
+from train.clip_pretrain import warmup_cosine
+from train.vlm_data import IGNORE, caption_example, chat_example, format_question, pad_examples
+
+log = logging.getLogger(__name__)
+STAGES = ("text", "align", "instruct")
+
+
+class _ImageTransform:
+    """Worker-side: preprocess the rendered image when the sample has one (real-image runs)."""
+
+    def __init__(self, preprocess, keep_image: bool) -> None:
+        self.preprocess, self.keep_image = preprocess, keep_image
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in sample.items() if k != "image"}
+        if self.keep_image:
+            if "image" not in sample:
+                raise ValueError(f"sample {sample.get('__key__')}: embedding='image' needs rendered images "
+                                 "(set the generator's render_size)")
+            out["pixels"] = self.preprocess(sample["image"])
+        return out
+
+
+class UnicornVLM(pl.LightningModule):
+    """See the module docstring.
+
+    Args:
+        stage: ``"text"``, ``"align"`` or ``"instruct"``.
+        lm_path: local HF causal LM folder (a fresh projector is put on it) -- or use ``init_from``.
+        init_from: a synthloop VLM folder from the previous stage (``save_pretrained`` output).
+        clip_model, clip_checkpoint: the contrastive model (open_clip name + local checkpoint).
+        embedding: ``"text"`` (Unicorn) or ``"image"`` (real-image upper bound).
+        transfer_mode, noise_std, renormalize: stage 3 settings.
+        num_visual_tokens, token_mode: K and how the K tokens are made (new VLMs only).
+        lr, weight_decay, warmup_frac: AdamW + warm-up/cosine (paper: 3% warm-up).
+        lora, lora_r, lora_alpha: train a LoRA adapter instead of the full LM in stage B.
+        image_pool_size, image_pool_seed: unpaired rendered images for μ_V (ideal, realign, image).
+        max_length: token cap per example.
+        export_dir: where ``save_pretrained`` writes the trained VLM (default ``<log dir>/vlm``).
+        eval_jsonl: VQA file evaluated after training (rank 0).
+        test_center: ``"auto"``, ``"true"`` or ``"false"`` (see module docstring).
+    """
+
+    def __init__(self, stage: str = "align", lm_path: str | None = None, init_from: str | None = None,
+                 clip_model: str = "synthloop-tiny-rn64", clip_checkpoint: str | None = None,
+                 embedding: str = "text", transfer_mode: str = "mean_shift", noise_std: float = 0.0,
+                 renormalize: bool = False, num_visual_tokens: int = 1, token_mode: str = "repeat",
+                 lr: float = 5e-4, weight_decay: float = 0.0, warmup_frac: float = 0.03,
+                 lora: bool = False, lora_r: int = 16, lora_alpha: int = 32,
+                 image_pool_size: int = 1024, image_pool_seed: int = 555_000_111, image_size: int = 64,
+                 pool_n_objects: tuple[int, int] = (1, 3), max_length: int = 384,
+                 export_dir: str | None = None, eval_jsonl: str | None = None, eval_batch_size: int = 64,
+                 test_center: str = "auto", trust_remote_code: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if embedding not in ("text", "image"):
+            raise ValueError(f"embedding must be 'text' or 'image', got {embedding!r}")
+        if transfer_mode not in MODES:
+            raise ValueError(f"transfer_mode must be one of {MODES}, got {transfer_mode!r}")
+        if test_center not in ("auto", "true", "false"):
+            raise ValueError(f"test_center must be 'auto', 'true' or 'false', got {test_center!r}")
+        tower_spec = {"type": "open_clip", "model_name": clip_model, "pretrained": clip_checkpoint}
+        if init_from is not None:
+            self.vlm = EmbeddingVLM.from_pretrained(init_from, trust_remote_code=trust_remote_code)
+            if self.vlm.vision_tower is None:
+                self.vlm.vision_tower = OpenCLIPVisionTower(clip_model, pretrained=clip_checkpoint)
+        elif lm_path is not None:
+            tower = OpenCLIPVisionTower(clip_model, pretrained=clip_checkpoint)
+            self.vlm = build_vlm(lm_path, tower.embed_dim, num_visual_tokens=num_visual_tokens,
+                                 token_mode=token_mode, trust_remote_code=trust_remote_code)
+            self.vlm.vision_tower = tower
+            self.vlm.config.vision_tower = tower_spec
+        else:
+            raise ValueError("give lm_path (a fresh VLM on an HF causal LM) or init_from (a VLM folder)")
+        from models.clip import create_clip
+
+        # the text tower of the same CLIP (frozen); the image tower lives in the VLM's vision tower
+        bundle = create_clip(clip_model, pretrained=clip_checkpoint)
+        self.clip_text = bundle.model.eval().requires_grad_(False)
+        self.clip_tokenizer = bundle.tokenizer
+        self.preprocess = bundle.preprocess_val
+        if lora and stage == "instruct":
+            self.vlm.apply_lora(r=lora_r, alpha=lora_alpha)
+        self.vlm.set_trainable(projector=stage != "text", lm=stage != "align")
+        self.text_mean = StreamingMean(self.vlm.config.embed_dim)
+        self.tokens_seen = 0
+        self._pool_mean: torch.Tensor | None = None
+        self._pool: torch.Tensor | None = None
+
+    # -- data ------------------------------------------------------------------------------------
+    def sample_transform(self):
+        needs_image = self.hparams.embedding == "image" and self.hparams.stage != "text"
+        return _ImageTransform(self.preprocess, needs_image)
+
+    def _image_pool(self) -> torch.Tensor:
+        """Normalised image embeddings of an unpaired pool of rendered scenes (computed once)."""
+        if self._pool is None:
+            import numpy as np
+
+            from datagen.world import render_scene, sample_scene
+
+            rng = np.random.default_rng(self.hparams.image_pool_seed)
+            pixels = torch.stack([self.preprocess(render_scene(sample_scene(rng, tuple(self.hparams.pool_n_objects)),
+                                                               self.hparams.image_size, rng))
+                                  for _ in range(self.hparams.image_pool_size)])
+            tower = self.vlm.vision_tower
+            with torch.no_grad():
+                self._pool = torch.cat([tower.encode(pixels[i:i + 256].to(self.device))
+                                        for i in range(0, len(pixels), 256)])
+            self._pool_mean = self._pool.mean(0)
+        return self._pool
+
+    def test_center(self) -> bool:
+        if self.hparams.test_center != "auto":
+            return self.hparams.test_center == "true"
+        return self.hparams.embedding == "image" or self.hparams.transfer_mode in ("mean_shift", "mean_shift_noise")
+
+    @torch.no_grad()
+    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+        tokens = self.clip_tokenizer(captions).to(self.device)
+        return F.normalize(self.clip_text.encode_text(tokens).float(), dim=-1)
+
+    @torch.no_grad()
+    def visual_inputs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The (B, D) embeddings the projector gets for this batch (stage 3 or real images)."""
+        hp = self.hparams
+        if hp.embedding == "image":
+            pool_mean = self._image_pool().mean(0)
+            return self.vlm.vision_tower.encode(batch["pixels"]) - pool_mean
+        u = self.text_embeddings(batch["caption"])
+        self.text_mean.update(u)  # the running mean is updated before use
+        kw: dict[str, Any] = {"text_mean": self.text_mean.mean.to(u), "renormalize": hp.renormalize}
+        if hp.transfer_mode == "mean_shift_noise":
+            # seeded by the step: a resumed run draws the same noise as an uninterrupted one
+            gen = torch.Generator(device=u.device).manual_seed(1_000_003 * int(self.global_step) + 12345)
+            kw.update(noise_std=hp.noise_std, generator=gen)
+        if hp.transfer_mode in ("ideal", "realign"):
+            pool = self._image_pool()
+            kw["image_mean"] = pool.mean(0)
+            if hp.transfer_mode == "realign":
+                kw["image_emb"] = pool
+        return modality_transfer(u, hp.transfer_mode, **kw)
+
+    def examples(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        tok, hp = self.vlm.tokenizer, self.hparams
+        image = self.vlm.expand_image_tokens(self.vlm.config.image_token)
+        out = []
+        for i, caption in enumerate(batch["caption"]):
+            if hp.stage == "align":
+                out.append(caption_example(tok, image, caption, hp.max_length))
+                continue
+            items = batch["items"][i] if "items" in batch else []
+            turns = [(format_question(it["question"], it.get("options")), it["answer"]) for it in items]
+            if hp.stage == "text":
+                # the LM reads the caption (instead of an image) and answers; plus the caption as plain text
+                if turns:
+                    turns[0] = (caption + "\n" + turns[0][0], turns[0][1])
+                    out.append(chat_example(tok, turns, max_length=hp.max_length))
+                out.append(caption_example(tok, "", caption, hp.max_length))
+            else:
+                if not turns:
+                    raise ValueError(f"stage 'instruct' needs instruction items; sample {i} of the batch has none "
+                                     "(use the generator's stage='instructions')")
+                turns[0] = (image + "\n" + turns[0][0], turns[0][1])
+                ex = chat_example(tok, turns)
+                if len(ex["input_ids"]) > hp.max_length:  # the image tokens come first: cutting the end is safe
+                    ex = {k: v[:hp.max_length] for k, v in ex.items()}
+                out.append(ex)
+        return pad_examples(out, tok.pad_token_id)
+
+    # -- training --------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        tensors = {k: v.to(self.device) for k, v in self.examples(batch).items()}
+        visual = None if self.hparams.stage == "text" else self.visual_inputs(batch)
+        out = self.vlm(tensors["input_ids"], tensors["attention_mask"], image_embeds=visual,
+                       labels=tensors["labels"])
+        n_tokens = int((tensors["labels"] != IGNORE).sum())
+        self.tokens_seen += int(tensors["attention_mask"].sum())
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["caption"]))
+        self.log("train/answer_tokens", float(n_tokens), batch_size=len(batch["caption"]))
+        if "rejects" in batch:
+            self.log("data/item_rejects", float(sum(sum(r.values()) for r in batch["rejects"])), reduce_fx="sum",
+                     batch_size=len(batch["caption"]))
+        return out.loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.vlm.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = self.trainer.max_steps
+        if total is None or total <= 0:
+            raise ValueError("UnicornVLM: set trainer.max_steps (the stream is endless)")
+        warmup = max(1, math.ceil(self.hparams.warmup_frac * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- state -----------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["unicorn_text_mean"] = self.text_mean.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "unicorn_text_mean" in checkpoint:
+            self.text_mean.load_state_dict(checkpoint["unicorn_text_mean"])
+
+    # -- export + evaluation ---------------------------------------------------------------------
+    def export_dir(self) -> Path:
+        return Path(self.hparams.export_dir or Path(self.trainer.log_dir or ".") / "vlm")
+
+    def on_train_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        out = self.export_dir()
+        self.vlm.save_pretrained(out)
+        self.print(f"VLM saved to {out}")
+        if self.hparams.eval_jsonl and self.hparams.stage != "text":
+            result = self.evaluate(self.hparams.eval_jsonl)
+            self.print(f"VQA accuracy {result['accuracy']:.3f} on {result['n']} questions "
+                       f"({', '.join(f'{k} {v:.3f}' for k, v in sorted(result['by_type'].items()))})")
+
+    def evaluate(self, jsonl: str) -> dict[str, Any]:
+        from train.vqa_eval import evaluate_vqa
+
+        result = evaluate_vqa(self.vlm, jsonl, preprocess=self.preprocess, center=self.test_center(),
+                              batch_size=self.hparams.eval_batch_size, device=self.device)
+        result["setting"] = {"stage": self.hparams.stage, "embedding": self.hparams.embedding,
+                             "transfer_mode": self.hparams.transfer_mode, "test_center": self.test_center(),
+                             "steps": int(self.global_step)}
+        path = self.export_dir() / "vqa_results.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        return result
+
+
+@torch.no_grad()
+def clip_gap_diagnostics(clip_model: str, clip_checkpoint: str | None, n: int = 1024, seed: int = 4242,
+                         image_size: int = 64, n_objects: tuple[int, int] = (1, 3)) -> dict[str, float]:
+    """‖Δ̄‖, mean cos(Δ_i, Δ̄) and the energy ratio of a CLIP on paired world data (dense captions)."""
+    import numpy as np
+
+    from datagen.world import dense_caption, render_scene, sample_scene
+    from models.clip import create_clip, encode_text_normalized
+
+    bundle = create_clip(clip_model, pretrained=clip_checkpoint)
+    model = bundle.model.eval()
+    rng = np.random.default_rng(seed)
+    captions, pixels = [], []
+    for _ in range(n):
+        scene = sample_scene(rng, n_objects)
+        captions.append(dense_caption(scene))
+        pixels.append(bundle.preprocess_val(render_scene(scene, image_size, rng)))
+    image = F.normalize(model.encode_image(torch.stack(pixels)).float(), dim=-1)
+    text = encode_text_normalized(model, bundle.tokenizer, captions, torch.device("cpu"))
+    return gap_diagnostics(text, image)

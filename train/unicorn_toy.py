@@ -1,0 +1,173 @@
+"""The Unicorn toy recipe end to end, on the scene world and 2 CPU cores::
+
+    python -m train.unicorn_toy                      # or: synthloop unicorn-toy
+    python -m train.unicorn_toy --variants mean_shift raw --instruct-steps 200
+
+1. the tiny CLIP (``runs/quickstart/clip_final.pt``; trained with ``configs/quickstart.yaml`` when missing)
+   and its modality-gap diagnostics on paired world data;
+2. a tiny Llama with a word-level world tokenizer learns the world's text (``configs/unicorn/toy_text.yaml``);
+3. the held-out VQA benchmark: rendered images, never seen in training (``train.vqa_eval.build_world_vqa``);
+4. per variant, stage A (``toy_align.yaml``) then stage B (``toy_instruct.yaml``) and the VQA evaluation:
+   ``real`` (the upper bound: rendered-image embeddings), and the text-only runs ``mean_shift``, ``raw``,
+   ``mean_shift_noise``, ``ideal`` (and ``realign`` when asked for).
+
+Every step is skipped when its output exists, so a killed pipeline continues where it stopped
+(a stage that was interrupted mid-way is rerun from its start). The results go to
+``<out>/results.json`` and ``<out>/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+log = logging.getLogger("train.unicorn_toy")
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("real", "mean_shift", "raw", "mean_shift_noise", "ideal", "realign")
+
+
+def _fit(config: str, overrides: list[str]) -> None:
+    from train.cli import run_cli
+
+    run_cli(["fit", "--config", str(ROOT / config), "--trainer.enable_progress_bar=false", *overrides])
+
+
+def _variant_args(variant: str, noise_std: float) -> list[str]:
+    if variant == "real":
+        return ["--model.init_args.embedding=image", "--data.init_args.generator.init_args.render_size=64"]
+    args = ["--model.init_args.embedding=text", f"--model.init_args.transfer_mode={variant}"]
+    if variant == "mean_shift_noise":
+        args.append(f"--model.init_args.noise_std={noise_std}")
+    return args
+
+
+def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.pt",
+        variants: tuple[str, ...] = ("real", "mean_shift", "raw", "mean_shift_noise", "ideal"),
+        text_steps: int = 300, align_steps: int = 150, instruct_steps: int = 300, noise_std: float = 0.05,
+        vqa_images: int = 300, lm_hidden: int = 128, lm_layers: int = 2) -> dict:
+    import torch
+
+    from models.tiny_lm import build_tiny_lm
+    from train.unicorn_module import clip_gap_diagnostics
+    from train.vqa_eval import build_world_vqa
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    if not Path(clip).is_file():
+        log.info("no CLIP at %s: training one with configs/quickstart.yaml", clip)
+        _fit("configs/quickstart.yaml", [f"--model.init_args.export_path={clip}"])
+        timings["clip"] = time.time() - t0
+    gap_file = outp / "gap.json"
+    if not gap_file.is_file():
+        gap_file.write_text(json.dumps(clip_gap_diagnostics("synthloop-tiny-rn64", clip), indent=1))
+    gap = json.loads(gap_file.read_text())
+    log.info("modality gap of the tiny CLIP: %s", gap)
+
+    common = [f"--model.init_args.clip_checkpoint={clip}", f"--trainer.default_root_dir={out}",
+              f"--trainer.logger.init_args.save_dir={out}"]
+    lm_world = outp / "lm_world"
+    if not (lm_world / "vlm_config.json").is_file():
+        t = time.time()
+        build_tiny_lm(outp / "lm_init", hidden=lm_hidden, layers=lm_layers)
+        _fit("configs/unicorn/toy_text.yaml", common + [f"--model.init_args.lm_path={outp / 'lm_init'}",
+                                                        f"--model.init_args.export_dir={lm_world}",
+                                                        f"--trainer.max_steps={text_steps}"])
+        timings["text"] = time.time() - t
+    vqa = outp / "vqa" / "vqa.jsonl"
+    if not vqa.is_file():
+        build_world_vqa(outp / "vqa", vqa_images)
+    reading_file = outp / "text_reading.json"
+    if not reading_file.is_file():  # the LM given the gold caption as text: the ceiling of any transfer
+        from models.vlm import EmbeddingVLM
+        from train.vqa_eval import evaluate_text_reading
+
+        lmv = EmbeddingVLM.from_pretrained(lm_world).eval()
+        reading_file.write_text(json.dumps(evaluate_text_reading(lmv.lm, lmv.tokenizer, vqa), indent=1))
+    reading = json.loads(reading_file.read_text())
+
+    results = {}
+    for variant in variants:
+        vdir = outp / variant
+        res_file = vdir / "vlm" / "vqa_results.json"
+        if not res_file.is_file():
+            t = time.time()
+            extra = _variant_args(variant, noise_std)
+            if not (vdir / "align" / "vlm_config.json").is_file():
+                _fit("configs/unicorn/toy_align.yaml", common + extra + [
+                    f"--model.init_args.init_from={lm_world}", f"--model.init_args.export_dir={vdir / 'align'}",
+                    f"--trainer.max_steps={align_steps}", f"--trainer.logger.init_args.name={variant}-align"])
+            shutil.rmtree(vdir / "vlm", ignore_errors=True)
+            _fit("configs/unicorn/toy_instruct.yaml", common + extra + [
+                f"--model.init_args.init_from={vdir / 'align'}", f"--model.init_args.export_dir={vdir / 'vlm'}",
+                f"--model.init_args.eval_jsonl={vqa}", f"--trainer.max_steps={instruct_steps}",
+                f"--trainer.logger.init_args.name={variant}-instruct"])
+            timings[variant] = time.time() - t
+        r = json.loads(res_file.read_text())
+        results[variant] = {"accuracy": r["accuracy"], "by_type": r["by_type"], "n": r["n"]}
+        blind_file = vdir / "vlm" / "vqa_blind.json"
+        if not blind_file.is_file():  # the same VLM without its image: what the question alone gives
+            from models.vlm import EmbeddingVLM
+            from train.vqa_eval import evaluate_vqa
+
+            vlm = EmbeddingVLM.from_pretrained(vdir / "vlm")
+            b = evaluate_vqa(vlm, vqa, blind=True)
+            blind_file.write_text(json.dumps({k: b[k] for k in ("accuracy", "by_type", "n")}, indent=1))
+        results[variant]["blind"] = json.loads(blind_file.read_text())["accuracy"]
+    timings["total"] = time.time() - t0
+    summary = {"gap": gap, "results": results, "text_reading": reading, "seconds": timings,
+               "settings": {"text_steps": text_steps, "align_steps": align_steps, "instruct_steps": instruct_steps,
+                            "noise_std": noise_std, "vqa_images": vqa_images, "clip": clip}}
+    (outp / "results.json").write_text(json.dumps(summary, indent=1))
+    (outp / "results.md").write_text(results_table(summary))
+    print(results_table(summary))
+    return summary
+
+
+def results_table(summary: dict) -> str:
+    res = summary["results"]
+    types = sorted({t for r in res.values() for t in r["by_type"]})
+    real = res.get("real", {}).get("accuracy")
+    lines = ["| variant | VQA acc | " + " | ".join(types) + " | % of real | same VLM, no image |",
+             "|---|---|" + "---|" * len(types) + "---|---|"]
+    for name, r in res.items():
+        rel = f"{100 * r['accuracy'] / real:.0f}%" if real else "-"
+        lines.append(f"| {name} | {100 * r['accuracy']:.1f} | "
+                     + " | ".join(f"{100 * r['by_type'].get(t, 0):.1f}" for t in types)
+                     + f" | {rel} | {100 * r.get('blind', float('nan')):.1f} |")
+    if summary.get("text_reading"):
+        tr = summary["text_reading"]
+        lines.append(f"| (LM reading the gold caption as text) | {100 * tr['accuracy']:.1f} | "
+                     + " | ".join(f"{100 * tr['by_type'].get(t, 0):.1f}" for t in types) + " | | |")
+    g = summary["gap"]
+    lines.append("")
+    lines.append(f"tiny CLIP modality gap (paired world data, n={g['n']}): |mean gap| {g['gap_norm']:.3f}, "
+                 f"mean cos(gap_i, mean gap) {g['mean_cos']:.3f}, energy ratio {g['energy_ratio']:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="synthloop unicorn-toy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/unicorn-toy")
+    p.add_argument("--clip", default="runs/quickstart/clip_final.pt")
+    p.add_argument("--variants", nargs="+", default=["real", "mean_shift", "raw", "mean_shift_noise", "ideal"],
+                   choices=VARIANTS)
+    p.add_argument("--text-steps", type=int, default=300)
+    p.add_argument("--align-steps", type=int, default=150)
+    p.add_argument("--instruct-steps", type=int, default=300)
+    p.add_argument("--noise-std", type=float, default=0.05)
+    p.add_argument("--vqa-images", type=int, default=300)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(a.out, a.clip, tuple(a.variants), a.text_steps, a.align_steps, a.instruct_steps, a.noise_std, a.vqa_images)
+
+
+if __name__ == "__main__":
+    main()
