@@ -83,8 +83,12 @@ class UnicornText(SampleGenerator):
 
     def config(self) -> dict[str, Any]:
         """What determines the samples (for manifests and logs)."""
+        import hashlib
+
+        seeds = "world" if self.seed_lines is None else {
+            "lines": len(self.seed_lines), "sha1": hashlib.sha1("\n".join(self.seed_lines).encode()).hexdigest()}
         return {"stage": self.stage, "backend": self.backend.config(), "n_objects": list(self.n_objects),
-                "seeds": "world" if self.seed_lines is None else len(self.seed_lines),
+                "seeds": seeds, "render_size": self.render_size,
                 "caption_prompt": self.caption_prompt.user, "instruction_prompt": self.instruction_prompt.user,
                 "min_words": self.min_words, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
 
