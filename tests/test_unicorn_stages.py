@@ -166,7 +166,7 @@ def test_seed_file(tmp_path):
     path = tmp_path / "seeds.txt"
     path.write_text("\n".join(seeds) + "\n")
     gen = UnicornText(stage="instructions", seeds=str(path))
-    assert gen.config()["seeds"] == 3
+    assert gen.config()["seeds"]["lines"] == 3
     samples = [gen_sample(gen, 0, i) for i in range(6)]
     assert [s["seed"] for s in samples] == [seeds[0], seeds[2], seeds[3]] * 2  # empty lines skipped, index mod n
     assert all("__reject__" not in s and s["items"] for s in samples)

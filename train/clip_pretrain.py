@@ -19,6 +19,8 @@ import torch
 from open_clip.loss import ClipLoss
 
 from models.clip import create_clip, save_open_clip_checkpoint, zero_shot_classifier
+from train.resilience import guard_loss
+from train.strategies import clamp_param_, full_params
 from train.zeroshot import EvalSet, build_world_eval_sets, eval_loader, format_accuracy_table
 
 log = logging.getLogger(__name__)
@@ -113,11 +115,10 @@ class CLIPPretrain(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.model(batch["image"], batch["text"])
         loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0, math.log(100))
+        clamp_param_(self.model.logit_scale, 0, math.log(100), self)  # DeepSpeed: on its fp32 master copy
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", out["logit_scale"].detach())
-        return loss
+        return guard_loss(self, loss)  # a non-finite loss: step skipped on every rank, counted (train/resilience.py)
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -138,8 +139,9 @@ class CLIPPretrain(pl.LightningModule):
     # -- zero-shot validation --------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         sets = self.eval_sets()
-        self._classifiers = [zero_shot_classifier(self.model, self.tokenizer, es.classnames, es.templates,
-                                                  self.device) for es in sets]
+        with full_params(self.model, self):  # ZeRO-3: encode_text reads parameters outside a forward
+            self._classifiers = [zero_shot_classifier(self.model, self.tokenizer, es.classnames, es.templates,
+                                                      self.device) for es in sets]
         self._counts = torch.zeros(len(sets), 2, device=self.device)
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -163,10 +165,11 @@ class CLIPPretrain(pl.LightningModule):
 
     # -- export ------------------------------------------------------------------------------------
     def on_train_end(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        path = self.hparams.export_path or str(Path(self.trainer.log_dir or ".") / "clip_final.pt")
-        save_open_clip_checkpoint(self.model, path, self.hparams.model_name, step=self.global_step,
-                                  zero_shot=self.last_zero_shot)
+        with full_params(self.model, self):  # ZeRO-3: collective, so every rank gathers
+            if not self.trainer.is_global_zero:
+                return
+            path = self.hparams.export_path or str(Path(self.trainer.log_dir or ".") / "clip_final.pt")
+            save_open_clip_checkpoint(self.model, path, self.hparams.model_name, step=self.global_step,
+                                      zero_shot=self.last_zero_shot)
         log.info("wrote open_clip checkpoint %s", path)
         self.print(f"open_clip checkpoint: {path}")

@@ -33,7 +33,9 @@ from models.clip import create_clip, save_open_clip_checkpoint
 from train.callbacks import DataMonitor
 from train.continual import AccuracyMatrix, _atomic_write_text, cl_metrics, format_matrix_table
 from train.datamodule import OnlineDataModule
-from train.gift_module import GIFTTask, logit_scale_is_fixed, method_parts, uses_replay
+from train.gift_module import DEEPSPEED_REFUSAL, GIFTTask, logit_scale_is_fixed, method_parts, uses_replay
+from train.resilience import default_callbacks, find_resume_checkpoint, harden_trainer
+from train.strategies import is_deepspeed, resolve_strategy
 from train.zeroshot import EvalSet, build_world_eval_sets, zero_shot_accuracy
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ def continual(
     strategy: str = "auto",
     precision: str = "32-true",
     max_tasks: int | None = None,
+    collective_timeout: float | None = None,
 ) -> dict[str, float]:
     """Run (or resume) a continual task sequence; returns Transfer / Avg / Last / BWT.
 
@@ -132,8 +135,13 @@ def continual(
         replay_cache: where content-hashed replay sets live (shared across runs).
         regenerate_each_epoch: a fresh replay set per pass over it (not in the reference runs).
         max_tasks: stop after this many tasks (the run stays resumable; for tests and kill/resume checks).
+        strategy: ddp (or auto); DeepSpeed strategies are refused (see ``GIFTTask.setup``).
+        collective_timeout: seconds a rank waits for a dead or stuck peer (default
+            ``$SYNTHLOOP_COLLECTIVE_TIMEOUT_S``, else torch's 30 min).
     """
     cd, _, _, _ = method_parts(method)
+    if is_deepspeed(strategy):
+        raise ValueError(DEEPSPEED_REFUSAL)  # before any model, replay set or process group is built
     pl.seed_everything(seed, workers=True, verbose=False)
     needs_replay = uses_replay(method)
     rank, world = _rank_world()
@@ -201,14 +209,16 @@ def continual(
         ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=task_dir / "checkpoints", every_n_train_steps=checkpoint_every,
                                                save_last=True, save_top_k=1, filename="step{step:06d}",
                                                auto_insert_metric_name=False)
-        trainer = pl.Trainer(max_steps=steps_per_task, accelerator=accelerator, devices=devices, strategy=strategy,
+        trainer = pl.Trainer(max_steps=steps_per_task, accelerator=accelerator, devices=devices,
+                             strategy=resolve_strategy(strategy, accelerator, collective_timeout),
                              precision=precision, logger=pl.loggers.TensorBoardLogger(str(out), name="logs",
                                                                                       version=f"task{t:02d}"),
-                             callbacks=[ckpt_cb, DataMonitor()], enable_model_summary=False,
+                             callbacks=[ckpt_cb, DataMonitor(), *default_callbacks()], enable_model_summary=False,
                              num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(task_dir),
                              log_every_n_steps=10, enable_progress_bar=rank == 0)
-        resume = task_dir / "checkpoints" / "last.ckpt"
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume.exists() else None)
+        harden_trainer(trainer)  # atomic checkpoint writes, weights_only loading
+        resume = find_resume_checkpoint(task_dir / "checkpoints")  # newest complete one; torn ones skipped
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
         model = module.model
         accs = evaluate(model)
         matrix.set_row(t, accs)

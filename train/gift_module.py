@@ -22,6 +22,8 @@ import pytorch_lightning as pl
 import torch
 
 from train.clip_pretrain import warmup_cosine
+from train.resilience import all_finite, record_step
+from train.strategies import is_deepspeed
 from train.gift import (EwcFisherAccumulator, awc_importance, awc_penalty, clip_logits, contrastive_distillation,
                         image_text_alignment, l2_importance, lwf_distillation, task_loss)
 
@@ -35,6 +37,11 @@ METHODS = {
     "cd_ita": (True, True, None, False),
     "gift": (True, True, "awc", False),
 }
+
+
+DEEPSPEED_REFUSAL = ("GIFT / continual fine-tuning does not run under DeepSpeed (its two backward passes per step "
+                     "would lose the synthetic-branch gradient under ZeRO, and ZeRO-3 partitions parameters it reads "
+                     "outside a forward; see GIFTTask.setup); use strategy=ddp")
 
 
 def method_parts(method: str) -> tuple[bool, bool, str | None, bool]:
@@ -134,6 +141,20 @@ class GIFTTask(pl.LightningModule):
         self.static_importance = acc.finalize(params=params)
 
     # -- training ----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Refuse DeepSpeed before any engine is built (DDP is the multi-process strategy for this module).
+
+        The spec's gradient order (synthetic backward, read ``.grad`` for the AWC importance, task backward
+        on top, one step) needs two backward passes accumulating into one step. Under DeepSpeed ZeRO each
+        ``engine.backward`` at an accumulation boundary (gradient_accumulation_steps = 1) rebuilds the
+        partitioned gradient from that backward alone, so the synthetic-branch gradient is silently dropped
+        (measured with ZeRO-2: ``cd_ita`` ends with exactly the parameters of ``finetune``), and ``.grad`` is
+        None after a backward. ZeRO-3 also partitions the parameters that the AWC/L2 penalty and open_clip's
+        ``encode_text`` read outside a module forward.
+        """
+        if self._trainer is not None and is_deepspeed(self.trainer.strategy):
+            raise ValueError(DEEPSPEED_REFUSAL)
+
     def _backward(self, loss: torch.Tensor) -> None:
         if self._trainer is not None:
             self.manual_backward(loss)
@@ -154,9 +175,9 @@ class GIFTTask(pl.LightningModule):
         importance = None
         if self.cd or self.ita or self.consolidation == "awc":
             syn = self._synthetic_loss(batch)
-            if not torch.isfinite(syn):
+            if not all_finite(self, syn):  # decided on every rank together: no rank is left waiting in a backward
                 self.model.zero_grad(set_to_none=True)
-                return syn.detach()
+                return torch.full_like(syn.detach(), float("nan"))
             if syn.requires_grad:
                 self._backward(syn)
             if self.consolidation == "awc":
@@ -183,9 +204,9 @@ class GIFTTask(pl.LightningModule):
             self.log("train/awc", penalty.detach())
             loss = loss + penalty
         total = loss.detach() + (syn.detach() if syn is not None else 0.0)
-        if not torch.isfinite(loss):
+        if not all_finite(self, loss):  # decided on every rank together
             self.model.zero_grad(set_to_none=True)
-            return total
+            return torch.full_like(total, float("nan"))
         self._backward(loss)  # on top of the synthetic gradients: no zeroing in between
         return total
 
@@ -193,10 +214,11 @@ class GIFTTask(pl.LightningModule):
         opt = self.optimizers()
         sched = self.lr_schedulers()
         total = self.accumulate_gradients(batch)
-        if not torch.isfinite(total):
+        if not torch.isfinite(total):  # the same on every rank (accumulate_gradients decides collectively)
             self.nonfinite_steps += 1
-            self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+            record_step(self, True, float(total))  # logs train/nonfinite_steps; stops after too many in a row
             return
+        record_step(self, False)
         opt.step()
         sched.step()
         self.log("train/loss", total, prog_bar=True)
