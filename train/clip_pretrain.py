@@ -165,10 +165,11 @@ class CLIPPretrain(pl.LightningModule):
 
     # -- export ------------------------------------------------------------------------------------
     def on_train_end(self) -> None:
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
         with full_params(self.model, self):  # ZeRO-3: collective, so every rank gathers
             if not self.trainer.is_global_zero:
                 return
-            path = self.hparams.export_path or str(Path(self.trainer.log_dir or ".") / "clip_final.pt")
+            path = self.hparams.export_path or str(Path(log_dir or ".") / "clip_final.pt")
             save_open_clip_checkpoint(self.model, path, self.hparams.model_name, step=self.global_step,
                                       zero_shot=self.last_zero_shot)
         log.info("wrote open_clip checkpoint %s", path)

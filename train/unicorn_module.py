@@ -248,9 +248,14 @@ class UnicornVLM(pl.LightningModule):
 
     # -- export + evaluation ---------------------------------------------------------------------
     def export_dir(self) -> Path:
-        return Path(self.hparams.export_dir or Path(self.trainer.log_dir or ".") / "vlm")
+        if self.hparams.export_dir:
+            return Path(self.hparams.export_dir)
+        if getattr(self, "_log_dir", None) is None:
+            self._log_dir = self.trainer.log_dir  # a broadcast under DDP: on_train_end asks on every rank
+        return Path(self._log_dir or ".") / "vlm"
 
     def on_train_end(self) -> None:
+        self.export_dir()
         if not self.trainer.is_global_zero:
             return
         out = self.export_dir()
