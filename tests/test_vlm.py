@@ -116,11 +116,13 @@ def test_chat_example_labels_only_answers(lm_dir):
     ex = chat_example(tok, [("<image>\nwhat color is the cube?", "red"), ("how many spheres are there?", "two")])
     labelled = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE]
     assert tok.decode(labelled) == "red<|end|>two<|end|>"
-    assert ex["input_ids"] == tok(tok.apply_chat_template(
+    assert ex["input_ids"][0] == tok.bos_token_id  # BOS first: the image is never the attention-sink position
+    assert ex["input_ids"][1:] == tok(tok.apply_chat_template(
         [{"role": "user", "content": "<image>\nwhat color is the cube?"}, {"role": "assistant", "content": "red"},
          {"role": "user", "content": "how many spheres are there?"}, {"role": "assistant", "content": "two"}],
         tokenize=False), add_special_tokens=False)["input_ids"]
     cap = caption_example(tok, "<image>", "a red cube.")
+    assert cap["input_ids"][:2] == [tok.bos_token_id, vlm.image_token_id]
     assert tok.decode([t for t, lab in zip(cap["input_ids"], cap["labels"]) if lab != IGNORE]) == "a red cube.<|end|>"
 
 

@@ -96,3 +96,57 @@ class SampleGridLogger(pl.Callback):
         if texts:
             table = "\n".join(f"{i}. {t}" for i, t in enumerate(texts[: self.n]))
             experiment.add_text("samples/captions", table, trainer.global_step)
+
+
+class ThroughputMonitor(pl.Callback):
+    """Steps/s, tokens/s (when the module counts ``tokens_seen``) and peak accelerator memory.
+
+    Timing starts after ``skip_first`` steps (warm-up, allocator growth, DeepSpeed's first-step set-up).
+    At the end, rank 0 prints a one-line summary and, with ``out_json``, writes it there (benchmarks read it).
+    Peak memory is ``torch.cuda.max_memory_allocated`` on this rank (nothing on CPU).
+    """
+
+    def __init__(self, skip_first: int = 3, out_json: str | None = None) -> None:
+        self.skip_first, self.out_json = skip_first, out_json
+        self._t0: float | None = None
+        self._tokens0 = 0
+        self._steps = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._steps += 1
+        if self._steps == self.skip_first:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._t0 = time.perf_counter()
+            self._tokens0 = int(getattr(pl_module, "tokens_seen", 0))
+            self._steps0 = self._steps
+
+    def summary(self, pl_module: pl.LightningModule) -> dict[str, Any]:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out: dict[str, Any] = {"steps": self._steps}
+        if self._t0 is not None and self._steps > self._steps0:
+            dt = time.perf_counter() - self._t0
+            out["steps_per_s"] = (self._steps - self._steps0) / dt
+            tokens = int(getattr(pl_module, "tokens_seen", 0)) - self._tokens0
+            if tokens:
+                out["tokens_per_s"] = tokens / dt
+        if torch.cuda.is_available():
+            out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+        return out
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stats = self.summary(pl_module)
+        stats["strategy"] = type(trainer.strategy).__name__
+        stats["world_size"] = trainer.world_size
+        if trainer.is_global_zero:
+            pl_module.print("throughput: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                                        for k, v in stats.items()))
+            if self.out_json:
+                import json
+                from pathlib import Path
+
+                Path(self.out_json).parent.mkdir(parents=True, exist_ok=True)
+                Path(self.out_json).write_text(json.dumps(stats, indent=1))

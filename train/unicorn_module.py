@@ -79,7 +79,7 @@ class UnicornVLM(pl.LightningModule):
         lora, lora_r, lora_alpha: train a LoRA adapter instead of the full LM in stage B.
         image_pool_size, image_pool_seed: unpaired rendered images for μ_V (ideal, realign, image).
         max_length: token cap per example.
-        export_dir: where ``save_pretrained`` writes the trained VLM (default ``<log dir>/vlm``).
+        export, export_dir: whether / where ``save_pretrained`` writes the trained VLM (default ``<log dir>/vlm``).
         eval_jsonl: VQA file evaluated after training (rank 0).
         test_center: ``"auto"``, ``"true"`` or ``"false"`` (see module docstring).
     """
@@ -92,7 +92,8 @@ class UnicornVLM(pl.LightningModule):
                  lora: bool = False, lora_r: int = 16, lora_alpha: int = 32,
                  image_pool_size: int = 1024, image_pool_seed: int = 555_000_111, image_size: int = 64,
                  pool_n_objects: tuple[int, int] = (1, 3), max_length: int = 384,
-                 export_dir: str | None = None, eval_jsonl: str | None = None, eval_batch_size: int = 64,
+                 export: bool = True, export_dir: str | None = None, eval_jsonl: str | None = None,
+                 eval_batch_size: int = 64,
                  test_center: str = "auto", trust_remote_code: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -106,13 +107,16 @@ class UnicornVLM(pl.LightningModule):
             raise ValueError(f"test_center must be 'auto', 'true' or 'false', got {test_center!r}")
         tower_spec = {"type": "open_clip", "model_name": clip_model, "pretrained": clip_checkpoint}
         if init_from is not None:
-            self.vlm = EmbeddingVLM.from_pretrained(init_from, trust_remote_code=trust_remote_code)
+            # fp32 master weights whatever dtype the folder holds; Lightning's precision plugin does the casting
+            self.vlm = EmbeddingVLM.from_pretrained(init_from, torch_dtype=torch.float32,
+                                                    trust_remote_code=trust_remote_code)
             if self.vlm.vision_tower is None:
                 self.vlm.vision_tower = OpenCLIPVisionTower(clip_model, pretrained=clip_checkpoint)
         elif lm_path is not None:
             tower = OpenCLIPVisionTower(clip_model, pretrained=clip_checkpoint)
             self.vlm = build_vlm(lm_path, tower.embed_dim, num_visual_tokens=num_visual_tokens,
-                                 token_mode=token_mode, trust_remote_code=trust_remote_code)
+                                 token_mode=token_mode, torch_dtype=torch.float32,
+                                 trust_remote_code=trust_remote_code)
             self.vlm.vision_tower = tower
             self.vlm.config.vision_tower = tower_spec
         else:
@@ -162,8 +166,11 @@ class UnicornVLM(pl.LightningModule):
 
     @torch.no_grad()
     def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+        from train.strategies import full_params
+
         tokens = self.clip_tokenizer(captions).to(self.device)
-        return F.normalize(self.clip_text.encode_text(tokens).float(), dim=-1)
+        with full_params(self.clip_text, self):  # encode_text reads parameters outside forward
+            return F.normalize(self.clip_text.encode_text(tokens).float(), dim=-1)
 
     @torch.no_grad()
     def visual_inputs(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -255,21 +262,27 @@ class UnicornVLM(pl.LightningModule):
         return Path(self._log_dir or ".") / "vlm"
 
     def on_train_end(self) -> None:
-        self.export_dir()
+        from train.strategies import full_params
+
+        out = self.export_dir()
+        if not self.hparams.export:
+            return
+        with full_params(self.vlm, self):  # ZeRO-3: every rank gathers, rank 0 writes
+            if self.trainer.is_global_zero:
+                self.vlm.save_pretrained(out)
         if not self.trainer.is_global_zero:
             return
-        out = self.export_dir()
-        self.vlm.save_pretrained(out)
         self.print(f"VLM saved to {out}")
         if self.hparams.eval_jsonl and self.hparams.stage != "text":
-            result = self.evaluate(self.hparams.eval_jsonl)
+            # evaluate the exported model: a plain module on rank 0, whatever the training strategy sharded
+            result = self.evaluate(self.hparams.eval_jsonl, EmbeddingVLM.from_pretrained(out).to(self.device))
             self.print(f"VQA accuracy {result['accuracy']:.3f} on {result['n']} questions "
                        f"({', '.join(f'{k} {v:.3f}' for k, v in sorted(result['by_type'].items()))})")
 
-    def evaluate(self, jsonl: str) -> dict[str, Any]:
+    def evaluate(self, jsonl: str, vlm: EmbeddingVLM | None = None) -> dict[str, Any]:
         from train.vqa_eval import evaluate_vqa
 
-        result = evaluate_vqa(self.vlm, jsonl, preprocess=self.preprocess, center=self.test_center(),
+        result = evaluate_vqa(vlm or self.vlm, jsonl, preprocess=self.preprocess, center=self.test_center(),
                               batch_size=self.hparams.eval_batch_size, device=self.device)
         result["setting"] = {"stage": self.hparams.stage, "embedding": self.hparams.embedding,
                              "transfer_mode": self.hparams.transfer_mode, "test_center": self.test_center(),

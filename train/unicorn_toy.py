@@ -165,7 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noise-std", type=float, default=0.05)
     p.add_argument("--vqa-images", type=int, default=300)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import sys
+
+    sys.argv = sys.argv[:1]  # the stages get their own argument lists (LightningCLI warns about a mismatch)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("train", "datagen", "models"):
+        logging.getLogger(name).setLevel(logging.INFO)
     run(a.out, a.clip, tuple(a.variants), a.text_steps, a.align_steps, a.instruct_steps, a.noise_std, a.vqa_images)
 
 

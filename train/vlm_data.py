@@ -5,6 +5,7 @@
   for any template whose prefixes are prefixes of the full text, which chat templates are built
   for). Only assistant tokens (and the template's end-of-turn marker after them) get labels.
 * :func:`caption_example` is stage A's plain template: ``<image>`` + caption + EOS, loss on the caption.
+* Examples and prompts start with BOS (:func:`with_bos`) so that the image is never at position 0.
 * :func:`pad_examples` right-pads for training (``left=True`` for generation prompts).
 * :func:`format_question` is the one place a multiple-choice question is laid out, shared by
   training data and evaluation so both see the same text.
@@ -33,6 +34,19 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def with_bos(tokenizer: Any, ids: list[int]) -> list[int]:
+    """``ids`` starting with the tokenizer's BOS token (when it has one and the text does not already).
+
+    Every example and every generation prompt starts with BOS, so the first position -- where causal LMs
+    park attention they do not need (an "attention sink") -- is never the image: an ``<image>`` at
+    position 0 (stage A's plain template) is what the LM learns to ignore.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None or (ids and ids[0] == bos):
+        return list(ids)
+    return [bos, *ids]
+
+
 def chat_example(tokenizer: Any, turns: list[tuple[str, str]], *, system: str | None = None,
                  max_length: int | None = None) -> dict[str, list[int]]:
     """``turns`` = [(user, assistant), ...] -> ``{"input_ids", "labels"}`` (labels only on assistant spans)."""
@@ -53,9 +67,16 @@ def chat_example(tokenizer: Any, turns: list[tuple[str, str]], *, system: str | 
         ids += p_ids + a_ids
         labels += [IGNORE] * len(p_ids) + a_ids
         rendered = full
+    if ids and with_bos(tokenizer, ids[:1]) != ids[:1]:
+        ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE, *labels]
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
     return {"input_ids": ids, "labels": labels}
+
+
+def prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a generation prompt (BOS first, see :func:`with_bos`)."""
+    return with_bos(tokenizer, _ids(tokenizer, text))
 
 
 def generation_prompt(tokenizer: Any, user: str, *, system: str | None = None) -> str:
@@ -65,7 +86,7 @@ def generation_prompt(tokenizer: Any, user: str, *, system: str | None = None) -
 
 def caption_example(tokenizer: Any, prefix: str, caption: str, max_length: int | None = None) -> dict[str, list[int]]:
     """``prefix`` (e.g. the expanded ``<image>`` tokens) + caption + EOS; loss on caption + EOS."""
-    p_ids = _ids(tokenizer, prefix)
+    p_ids = with_bos(tokenizer, _ids(tokenizer, prefix))
     c_ids = _ids(tokenizer, caption) + [tokenizer.eos_token_id]
     ids, labels = p_ids + c_ids, [IGNORE] * len(p_ids) + c_ids
     if max_length is not None:

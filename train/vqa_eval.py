@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from train.vlm_data import LETTERS, format_question, generation_prompt, pad_examples
+from train.vlm_data import LETTERS, format_question, generation_prompt, pad_examples, prompt_ids
 
 _PUNCT = re.compile(r"[^\w\s]")
 
@@ -125,7 +125,7 @@ def evaluate_vqa(vlm, path: str | os.PathLike, *, preprocess=None, batch_size: i
             prompts = [vlm.expand_image_tokens(generation_prompt(
                 tok, vlm.config.image_token + "\n" + format_question(r["question"], r.get("choices")), system=system))
                 for r in chunk]
-            batch = pad_examples([{"input_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts],
+            batch = pad_examples([{"input_ids": prompt_ids(tok, p)} for p in prompts],
                                  tok.pad_token_id, left=True)
             images = torch.stack([pixels[r["image_path"]] for r in chunk]).to(device)
             visual = {"image_embeds": torch.zeros(len(chunk), vlm.config.embed_dim, device=device)} if blind \
@@ -160,7 +160,7 @@ def evaluate_text_reading(lm, tokenizer, path: str | os.PathLike, *, batch_size:
         chunk = records[i:i + batch_size]
         prompts = [generation_prompt(tokenizer, r["caption"] + "\n" + format_question(r["question"], r.get("choices")))
                    for r in chunk]
-        batch = pad_examples([{"input_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts],
+        batch = pad_examples([{"input_ids": prompt_ids(tokenizer, p)} for p in prompts],
                              tokenizer.pad_token_id, left=True)
         out = lm.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                           max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id,
