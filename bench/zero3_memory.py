@@ -6,7 +6,7 @@ world stream, with a randomly initialised LM of a real model's dimensions (defau
 projector. Every strategy runs the same command (``synthloop fit --config configs/unicorn/toy_instruct.yaml``
 plus overrides) as a separate process, so peaks do not leak between runs::
 
-    python bench/zero3_memory.py                       # GPU: ddp, deepspeed_stage_3, deepspeed_stage_3_offload
+    python bench/zero3_memory.py                       # GPU: ddp, deepspeed_stage_3, launch/deepspeed/zero3_offload.json
     python bench/zero3_memory.py --size tiny --steps 6 --accelerator cpu --strategies ddp   # plumbing check
 
 On one GPU ZeRO-3 has nobody to shard with: its saving there comes from keeping bf16 parameters with the
@@ -61,8 +61,13 @@ def build_model(path: Path, size: str) -> int:
 def run_one(model_dir: Path, strategy: str, args, out_json: Path) -> dict:
     cb = json.dumps({"class_path": "train.callbacks.ThroughputMonitor",
                      "init_args": {"skip_first": args.warmup, "out_json": str(out_json)}})
+    if strategy.endswith(".json"):  # a DeepSpeed JSON config (e.g. launch/deepspeed/zero3_offload.json)
+        strat = ["--trainer.strategy=pytorch_lightning.strategies.DeepSpeedStrategy",
+                 f"--trainer.strategy.config={ROOT / strategy}"]
+    else:
+        strat = [f"--trainer.strategy={strategy}"]
     cmd = [sys.executable, "-m", "train.cli", "fit", "--config", str(ROOT / "configs/unicorn/toy_instruct.yaml"),
-           f"--trainer.accelerator={args.accelerator}", "--trainer.devices=1", f"--trainer.strategy={strategy}",
+           f"--trainer.accelerator={args.accelerator}", "--trainer.devices=1", *strat,
            f"--trainer.precision={args.precision}", f"--trainer.max_steps={args.steps}",
            "--trainer.enable_checkpointing=false", "--trainer.logger=false", f"--trainer.callbacks=[{cb}]",
            f"--trainer.default_root_dir={out_json.parent}",
@@ -70,7 +75,8 @@ def run_one(model_dir: Path, strategy: str, args, out_json: Path) -> dict:
            "--model.init_args.export=false", "--model.init_args.eval_jsonl=null", "--model.init_args.lr=1e-5",
            f"--data.init_args.batch_size={args.batch_size}", "--data.init_args.num_workers=2"]
     t = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))))
     wall = time.time() - t
     if proc.returncode != 0 or not out_json.is_file():
         tail = (proc.stdout + proc.stderr)[-2500:]
@@ -83,7 +89,9 @@ def run_one(model_dir: Path, strategy: str, args, out_json: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="qwen2.5-1.5b", choices=sorted(SIZES))
-    p.add_argument("--strategies", nargs="+", default=["ddp", "deepspeed_stage_3", "deepspeed_stage_3_offload"])
+    p.add_argument("--strategies", nargs="+",
+                   default=["ddp", "deepspeed_stage_3", "launch/deepspeed/zero3_offload.json"],
+                   help="strategy names, or DeepSpeed JSON configs (paths ending in .json)")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8)
@@ -100,7 +108,7 @@ def main() -> None:
     print(f"model: {args.size}, {n_params / 1e9:.3f} B parameters (LM), built in {time.time() - t:.0f} s", flush=True)
     rows = []
     for strategy in args.strategies:
-        r = run_one(model_dir, strategy, args, out / f"{strategy}.json")
+        r = run_one(model_dir, strategy, args, out / f"{Path(strategy).stem}.json")
         rows.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "error"}), flush=True)
         if "error" in r:

@@ -4,6 +4,8 @@
     synthloop fit --config configs/quickstart.yaml --print_config
     synthloop validate --config configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
     synthloop continual --config configs/gift/toy.yaml      (continual-learning task sequences)
+    synthloop fit --config ... --resume auto                 (after a crash: continue from the newest complete checkpoint)
+    synthloop fit --config ... --trainer.strategy=deepspeed_stage_3 --collective_timeout=600
     synthloop datagen unicorn --config configs/unicorn/datagen_world.yaml   (materialise synthetic data)
     synthloop unicorn-toy                                    (the Unicorn toy recipe end to end)
 
