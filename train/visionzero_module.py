@@ -38,6 +38,7 @@ import torch.distributed as dist
 from datagen.visionzero import GameSetup, PhaseController, RoleAdvantage, group_normalize
 from datagen.visionzero.rules import BETA, DECISION_REWARDS, LAMBDA, RAE_ALPHA
 from train.clip_pretrain import warmup_cosine
+from train.strategies import is_deepspeed
 from train.visionzero_engine import GameRecord, format_transcript, play_games
 
 log = logging.getLogger(__name__)
@@ -233,11 +234,10 @@ class VisionZeroSelfPlay(pl.LightningModule):
     def _synced_gpus(self) -> bool:
         if self.hparams.synced_gpus is not None:
             return bool(self.hparams.synced_gpus)
+        from train.strategies import zero_stage
+
         strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
-        stage = getattr(strategy, "config", None) or {}
-        zero3 = type(strategy).__name__ == "DeepSpeedStrategy" and \
-            stage.get("zero_optimization", {}).get("stage") == 3
-        return bool(zero3 and self._world() > 1)
+        return bool(zero_stage(strategy) == 3 and self._world() > 1)
 
     # -- rollouts -----------------------------------------------------------------------------------
     def gen_kwargs(self) -> dict[str, Any]:
@@ -426,7 +426,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
         hist = {"history": self.phase_ctl.history, "rae": self.rae.state_dict()}
         (out_dir / "phase_history.json").write_text(json.dumps(hist, indent=1))
         if self.hparams.export_path:
-            if type(self.trainer.strategy).__name__ == "DeepSpeedStrategy":
+            if is_deepspeed(self.trainer.strategy):
                 log.warning("DeepSpeed: parameters may be partitioned; export from the checkpoint instead "
                             "(see docs/visionzero.md)")
                 return
