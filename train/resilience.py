@@ -158,17 +158,7 @@ def guard_loss(module: pl.LightningModule, loss: torch.Tensor) -> torch.Tensor:
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
-def _fsync_dir(path: str | os.PathLike) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from datagen.shards import _fsync_dir  # noqa: E402  (one durable-rename helper for shards and checkpoints)
 
 
 def partial_path(path: str | os.PathLike) -> str:
