@@ -186,11 +186,19 @@ def checkpoint_step(path: str | Path) -> int | None:
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint" / "mp_rank_00_model_states.pt"
+    import contextlib
+
+    allow: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if path.name.startswith("mp_rank_"):  # DeepSpeed pickles a few of its own classes into its shards
+        from train.strategies import deepspeed_safe_globals
+
+        allow = torch.serialization.safe_globals(deepspeed_safe_globals())
     try:
-        try:  # mmap: tensors are not read, so this is cheap even for multi-GB checkpoints
-            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:  # not a zip-format checkpoint: read it whole
-            state = torch.load(path, map_location="cpu", weights_only=False)
+        with allow:
+            try:  # mmap: tensors are not read, so this is cheap even for multi-GB checkpoints
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # not a zip-format checkpoint: read it whole
+                state = torch.load(path, map_location="cpu", weights_only=True)
         return int(state["global_step"])
     except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped
         log.warning("skipping unreadable checkpoint %s (%s: %s)", path, type(exc).__name__, exc)

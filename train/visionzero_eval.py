@@ -72,14 +72,14 @@ def load_policy(path: str, ckpt: str | None = None):
 
     vlm = EmbeddingVLM.from_pretrained(path)
     if ckpt is not None:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         vlm.load_state_dict({k[len("vlm."):]: v for k, v in state.items() if k.startswith("vlm.")})
     vlm.eval()
     return EmbeddingVLMPolicy(vlm)
 
 
 def ckpt_history(ckpt: str) -> list[dict]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["visionzero"]["phase"]["history"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["visionzero"]["phase"]["history"]
 
 
 def play_table(setups: list[GameSetup], players: dict[str, Any], spy_key: str, civ_key: str,
