@@ -77,6 +77,8 @@ class UnicornVLM(pl.LightningModule):
         num_visual_tokens, token_mode: K and how the K tokens are made (new VLMs only).
         lr, weight_decay, warmup_frac: AdamW + warm-up/cosine (paper: 3% warm-up).
         lora, lora_r, lora_alpha: train a LoRA adapter instead of the full LM in stage B.
+        align_train_lm: also train the LM in stage A (off-spec; a diagnostic for LMs too small to be
+            conditioned through a frozen input position).
         image_pool_size, image_pool_seed: unpaired rendered images for μ_V (ideal, realign, image).
         max_length: token cap per example.
         export, export_dir: whether / where ``save_pretrained`` writes the trained VLM (default ``<log dir>/vlm``).
@@ -89,7 +91,7 @@ class UnicornVLM(pl.LightningModule):
                  embedding: str = "text", transfer_mode: str = "mean_shift", noise_std: float = 0.0,
                  renormalize: bool = False, num_visual_tokens: int = 1, token_mode: str = "repeat",
                  lr: float = 5e-4, weight_decay: float = 0.0, warmup_frac: float = 0.03,
-                 lora: bool = False, lora_r: int = 16, lora_alpha: int = 32,
+                 lora: bool = False, lora_r: int = 16, lora_alpha: int = 32, align_train_lm: bool = False,
                  image_pool_size: int = 1024, image_pool_seed: int = 555_000_111, image_size: int = 64,
                  pool_n_objects: tuple[int, int] = (1, 3), max_length: int = 384,
                  export: bool = True, export_dir: str | None = None, eval_jsonl: str | None = None,
@@ -130,7 +132,7 @@ class UnicornVLM(pl.LightningModule):
         self.preprocess = bundle.preprocess_val
         if lora and stage == "instruct":
             self.vlm.apply_lora(r=lora_r, alpha=lora_alpha)
-        self.vlm.set_trainable(projector=stage != "text", lm=stage != "align")
+        self.vlm.set_trainable(projector=stage != "text", lm=stage != "align" or align_train_lm)
         self.text_mean = StreamingMean(self.vlm.config.embed_dim)
         self.tokens_seen = 0
         self._pool_mean: torch.Tensor | None = None
