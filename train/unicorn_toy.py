@@ -48,7 +48,7 @@ def _variant_args(variant: str, noise_std: float) -> list[str]:
 def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.pt",
         variants: tuple[str, ...] = ("real", "mean_shift", "raw", "mean_shift_noise", "ideal"),
         text_steps: int = 300, align_steps: int = 150, instruct_steps: int = 300, noise_std: float = 0.05,
-        vqa_images: int = 300, lm_hidden: int = 128, lm_layers: int = 2) -> dict:
+        vqa_images: int = 300, lm_hidden: int = 128, lm_layers: int = 2, align_train_lm: bool = False) -> dict:
     import torch
 
     from models.tiny_lm import build_tiny_lm
@@ -102,7 +102,8 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
             if not (vdir / "align" / "vlm_config.json").is_file():
                 _fit("configs/unicorn/toy_align.yaml", common + extra + [
                     f"--model.init_args.init_from={lm_world}", f"--model.init_args.export_dir={vdir / 'align'}",
-                    f"--trainer.max_steps={align_steps}", f"--trainer.logger.init_args.name={variant}-align"])
+                    f"--trainer.max_steps={align_steps}", f"--trainer.logger.init_args.name={variant}-align",
+                    f"--model.init_args.align_train_lm={str(align_train_lm).lower()}"])
             shutil.rmtree(vdir / "vlm", ignore_errors=True)
             _fit("configs/unicorn/toy_instruct.yaml", common + extra + [
                 f"--model.init_args.init_from={vdir / 'align'}", f"--model.init_args.export_dir={vdir / 'vlm'}",
@@ -123,7 +124,8 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
     timings["total"] = time.time() - t0
     summary = {"gap": gap, "results": results, "text_reading": reading, "seconds": timings,
                "settings": {"text_steps": text_steps, "align_steps": align_steps, "instruct_steps": instruct_steps,
-                            "noise_std": noise_std, "vqa_images": vqa_images, "clip": clip}}
+                            "noise_std": noise_std, "vqa_images": vqa_images, "clip": clip,
+                            "align_train_lm": align_train_lm}}
     (outp / "results.json").write_text(json.dumps(summary, indent=1))
     (outp / "results.md").write_text(results_table(summary))
     print(results_table(summary))
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--instruct-steps", type=int, default=300)
     p.add_argument("--noise-std", type=float, default=0.05)
     p.add_argument("--vqa-images", type=int, default=300)
+    p.add_argument("--align-train-lm", action="store_true",
+                   help="also train the LM in stage A (off-spec; for LMs too small to be conditioned frozen)")
     a = p.parse_args(argv)
     import sys
 
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("train", "datagen", "models"):
         logging.getLogger(name).setLevel(logging.INFO)
-    run(a.out, a.clip, tuple(a.variants), a.text_steps, a.align_steps, a.instruct_steps, a.noise_std, a.vqa_images)
+    run(a.out, a.clip, tuple(a.variants), a.text_steps, a.align_steps, a.instruct_steps, a.noise_std, a.vqa_images,
+        align_train_lm=a.align_train_lm)
 
 
 if __name__ == "__main__":
