@@ -179,8 +179,8 @@ class UnicornVLM(pl.LightningModule):
         """The (B, D) embeddings the projector gets for this batch (stage 3 or real images)."""
         hp = self.hparams
         if hp.embedding == "image":
-            pool_mean = self._image_pool().mean(0)
-            return self.vlm.vision_tower.encode(batch["pixels"]) - pool_mean
+            self._image_pool()  # computes the pool and its mean once
+            return self.vlm.vision_tower.encode(batch["pixels"]) - self._pool_mean
         u = self.text_embeddings(batch["caption"])
         self.text_mean.update(u)  # the running mean is updated before use
         kw: dict[str, Any] = {"text_mean": self.text_mean.mean.to(u), "renormalize": hp.renormalize}
@@ -190,7 +190,7 @@ class UnicornVLM(pl.LightningModule):
             kw.update(noise_std=hp.noise_std, generator=gen)
         if hp.transfer_mode in ("ideal", "realign"):
             pool = self._image_pool()
-            kw["image_mean"] = pool.mean(0)
+            kw["image_mean"] = self._pool_mean
             if hp.transfer_mode == "realign":
                 kw["image_emb"] = pool
         return modality_transfer(u, hp.transfer_mode, **kw)

@@ -88,6 +88,26 @@ def score(record: dict[str, Any], reply: str) -> bool:
     return normalize_answer(reply) == normalize_answer(record["answer"])
 
 
+class _Tally:
+    """Correct / total per record type and overall (``"all"``), shared by both evaluators."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+
+    def add(self, record: dict[str, Any], reply: str) -> tuple[bool, str]:
+        ok = score(record, reply)
+        kind = record.get("type") or ("choice" if record.get("choices") else "open")
+        for key in ("all", kind):
+            self.counts[key][0] += int(ok)
+            self.counts[key][1] += 1
+        return ok, kind
+
+    def summary(self) -> dict[str, Any]:
+        acc = {k: c / max(n, 1) for k, (c, n) in self.counts.items()}
+        return {"accuracy": acc.get("all", 0.0), "by_type": {k: v for k, v in acc.items() if k != "all"},
+                "n": self.counts["all"][1]}
+
+
 @torch.no_grad()
 def evaluate_vqa(vlm, path: str | os.PathLike, *, preprocess=None, batch_size: int = 64, max_new_tokens: int = 16,
                  center: bool = True, reference_mean: torch.Tensor | None = None, system: str | None = None,
@@ -117,7 +137,7 @@ def evaluate_vqa(vlm, path: str | os.PathLike, *, preprocess=None, batch_size: i
     else:
         tower.image_mean.zero_()
     tok = vlm.tokenizer
-    correct: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    tally = _Tally()
     predictions = []
     try:
         for i in range(0, len(records), batch_size):
@@ -134,19 +154,13 @@ def evaluate_vqa(vlm, path: str | os.PathLike, *, preprocess=None, batch_size: i
                                max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id)
             replies = tok.batch_decode(out, skip_special_tokens=True)
             for r, reply in zip(chunk, replies):
-                ok = score(r, reply)
-                kind = r.get("type") or ("choice" if r.get("choices") else "open")
-                for key in ("all", kind):
-                    correct[key][0] += int(ok)
-                    correct[key][1] += 1
+                ok, kind = tally.add(r, reply)
                 predictions.append({"question": r["question"], "answer": r["answer"], "reply": reply.strip(),
                                     "correct": ok, "type": kind})
     finally:
         tower.image_mean.copy_(saved_mean)
         vlm.train(was_training)
-    acc = {k: c / max(n, 1) for k, (c, n) in correct.items()}
-    return {"accuracy": acc.get("all", 0.0), "by_type": {k: v for k, v in acc.items() if k != "all"},
-            "n": correct["all"][1], "predictions": predictions}
+    return {**tally.summary(), "predictions": predictions}
 
 
 @torch.no_grad()
@@ -155,7 +169,7 @@ def evaluate_text_reading(lm, tokenizer, path: str | os.PathLike, *, batch_size:
     """The LM alone, given each record's gold ``caption`` as text instead of the image: the ceiling a
     text-to-image transfer can reach with this LM (records without ``caption`` are skipped)."""
     records = [r for r in load_vqa(path) if r.get("caption")]
-    correct: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    tally = _Tally()
     for i in range(0, len(records), batch_size):
         chunk = records[i:i + batch_size]
         prompts = [generation_prompt(tokenizer, r["caption"] + "\n" + format_question(r["question"], r.get("choices")))
@@ -167,13 +181,8 @@ def evaluate_text_reading(lm, tokenizer, path: str | os.PathLike, *, batch_size:
                           pad_token_id=tokenizer.pad_token_id)
         replies = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         for r, reply in zip(chunk, replies):
-            kind = r.get("type") or ("choice" if r.get("choices") else "open")
-            for key in ("all", kind):
-                correct[key][0] += int(score(r, reply))
-                correct[key][1] += 1
-    acc = {k: c / max(n, 1) for k, (c, n) in correct.items()}
-    return {"accuracy": acc.get("all", 0.0), "by_type": {k: v for k, v in acc.items() if k != "all"},
-            "n": correct["all"][1]}
+            tally.add(r, reply)
+    return tally.summary()
 
 
 def build_world_vqa(out_dir: str | os.PathLike, n_images: int = 300, *, seed: int = 987_654_321,
