@@ -32,6 +32,18 @@ class CountingGenerator(SampleGenerator):
         return None if sample["ok"] else "marked invalid"
 
 
+def pytest_report_header(config):
+    """Free disk where the tests write: a full disk makes checkpoint writes and tmp_path fail in odd places."""
+    import shutil
+    import tempfile
+
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    line = f"free disk in {tempfile.gettempdir()}: {free:.1f} GiB"
+    if free < 3:
+        line += " -- LOW: the suite needs ~1.5 GiB while it runs (set TMPDIR to a roomier disk)"
+    return line
+
+
 @pytest.fixture
 def counting_generator():
     return CountingGenerator
