@@ -3,6 +3,7 @@
     python bench/unicorn_reading.py                                   # 2 x 128 LM, 300 steps, batch 32 (the toy's text stage)
     python bench/unicorn_reading.py --steps 2000 --bs 16 --lr 3e-3    # longer
     python bench/unicorn_reading.py --layers 4                        # deeper
+    python bench/unicorn_reading.py --short_only --steps 3000 --bs 16 # only the short-answer items
 
 A fresh tiny Llama (``models.tiny_lm.build_tiny_lm``) is trained like ``UnicornVLM(stage="text")``: each
 sample is the world writer's caption + instruction items; the LM sees the caption as text in the first
@@ -10,7 +11,8 @@ user turn and learns the answers, plus the caption itself as plain text. The loo
 copy of that stage (AdamW, warm-up + cosine, gradient clipping at 1), so that sizes and lengths can be
 varied quickly. It then prints the text-reading accuracy: the LM reads each held-out record's gold
 caption as text and answers (``train.vqa_eval.evaluate_text_reading``). No transfer mode can push the
-VLM above this ceiling.
+VLM above this ceiling. ``--short_only`` trains on the short-answer items alone: no step-by-step
+reasoning answers and no caption-only example, so the few answer tokens are not outweighed by long texts.
 
 Needs ``runs/unicorn-toy/vqa/vqa.jsonl`` (made by ``synthloop unicorn-toy``) and the quickstart CLIP
 (``runs/quickstart/clip_final.pt``; only the text tower's tokenizer is used by the text stage).
@@ -43,11 +45,13 @@ def main() -> None:
     ap.add_argument("--clip_checkpoint", default="runs/quickstart/clip_final.pt")
     ap.add_argument("--out", default=None, help="save the trained LM (VLM folder) here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--short_only", action="store_true", help="train on the short-answer items only (see above)")
     args = ap.parse_args()
 
     from datagen.unicorn.stages import UnicornText
     from models.tiny_lm import build_tiny_lm
     from train.unicorn_module import UnicornVLM
+    from train.vlm_data import chat_example, format_question, pad_examples
     from train.vqa_eval import evaluate_text_reading, load_vqa
 
     vqa = Path(args.vqa)
@@ -66,7 +70,17 @@ def main() -> None:
     t0 = time.time()
     for step in range(args.steps):
         samples = [gen.generate(rng, step * args.bs + i) for i in range(args.bs)]
-        ex = m.examples({"caption": [s["caption"] for s in samples], "items": [s["items"] for s in samples]})
+        if args.short_only:
+            tok, rows = m.vlm.tokenizer, []
+            for s in samples:
+                turns = [(format_question(it["question"], it.get("options")), it["answer"])
+                         for it in s["items"] if it["type"] != "reasoning"]
+                if turns:
+                    turns[0] = (s["caption"] + "\n" + turns[0][0], turns[0][1])  # as in the text stage
+                    rows.append(chat_example(tok, turns))
+            ex = pad_examples(rows, tok.pad_token_id)
+        else:
+            ex = m.examples({"caption": [s["caption"] for s in samples], "items": [s["items"] for s in samples]})
         scale = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for g in opt.param_groups:
             g["lr"] = args.lr * scale
