@@ -7,9 +7,11 @@
 
 A fresh tiny Llama (``models.tiny_lm.build_tiny_lm``) is trained like ``UnicornVLM(stage="text")``: each
 sample is the world writer's caption + instruction items; the LM sees the caption as text in the first
-user turn and learns the answers, plus the caption itself as plain text. The loop here is a plain PyTorch
-copy of that stage (AdamW, warm-up + cosine, gradient clipping at 1), so that sizes and lengths can be
-varied quickly. It then prints the text-reading accuracy: the LM reads each held-out record's gold
+user turn and learns the answers, plus the caption itself as plain text (``UnicornVLM.examples``). The
+loop here is plain PyTorch so that sizes and lengths can be varied quickly, and differs from the
+Lightning text stage in two ways: gradients are clipped at norm 1, and the LR multiplier is the linear
+warm-up (5 % of the steps) times one cosine over the whole run, not ``train.clip_pretrain.warmup_cosine``
+(cosine after the warm-up). The README's reading figures were measured with exactly this loop. It then prints the text-reading accuracy: the LM reads each held-out record's gold
 caption as text and answers (``train.vqa_eval.evaluate_text_reading``). No transfer mode can push the
 VLM above this ceiling. ``--short_only`` trains on the short-answer items alone: no step-by-step
 reasoning answers and no caption-only example, so the few answer tokens are not outweighed by long texts.
@@ -48,17 +50,21 @@ def main() -> None:
     ap.add_argument("--short_only", action="store_true", help="train on the short-answer items only (see above)")
     args = ap.parse_args()
 
+    vqa = Path(args.vqa)
+    if not vqa.is_file():
+        raise SystemExit(f"{vqa} not found: run `synthloop unicorn-toy` first (it writes the held-out VQA set)")
+    torch.manual_seed(args.seed)
+    with tempfile.TemporaryDirectory(prefix="unicorn_reading_") as tmp:
+        run(args, vqa, Path(tmp))
+
+
+def run(args: argparse.Namespace, vqa: Path, tmp: Path) -> None:
     from datagen.unicorn.stages import UnicornText
     from models.tiny_lm import build_tiny_lm
     from train.unicorn_module import UnicornVLM
     from train.vlm_data import chat_example, format_question, pad_examples
     from train.vqa_eval import evaluate_text_reading, load_vqa
 
-    vqa = Path(args.vqa)
-    if not vqa.is_file():
-        raise SystemExit(f"{vqa} not found: run `synthloop unicorn-toy` first (it writes the held-out VQA set)")
-    torch.manual_seed(args.seed)
-    tmp = Path(tempfile.mkdtemp(prefix="unicorn_reading_"))
     build_tiny_lm(tmp / "lm_init", hidden=args.hidden, layers=args.layers, heads=args.heads)
     m = UnicornVLM(stage="text", lm_path=str(tmp / "lm_init"), clip_model="synthloop-tiny-rn64",
                    clip_checkpoint=args.clip_checkpoint)
@@ -93,13 +99,15 @@ def main() -> None:
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:.0f} s", flush=True)
     train_s = time.time() - t0
 
-    # a fixed subset of the held-out questions, written next to the images (paths in the file are relative)
+    # a fixed subset of the held-out questions, in the temporary folder with absolute image paths
     records = load_vqa(vqa)
     random.Random(0).shuffle(records)
-    subset = vqa.parent / f"_reading_subset_{args.questions}.jsonl"
+    subset = tmp / "reading_subset.jsonl"
     with open(subset, "w") as f:
         for r in records[:args.questions]:
-            f.write(json.dumps({k: v for k, v in r.items() if k != "image_path"}) + "\n")
+            rec = {k: v for k, v in r.items() if k != "image_path"}
+            rec["image"] = str(Path(r["image_path"]).resolve())
+            f.write(json.dumps(rec) + "\n")
     m.eval()
     result = evaluate_text_reading(m.vlm.lm, m.vlm.tokenizer, subset)
     print(json.dumps({**vars(args), "train_s": round(train_s), "text_reading_acc": round(result["accuracy"], 4),
