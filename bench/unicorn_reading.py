@@ -1,20 +1,21 @@
 """Probe of the Unicorn toy's "pretrained LLM": can the tiny LM answer world questions from the caption text?
 
-    python bench/unicorn_reading.py                                   # 2 x 128 LM, 300 steps, batch 32 (the toy's text stage)
+    python bench/unicorn_reading.py --steps 600                       # 2 x 128 LM, batch 32, short-answer mix (the toy's text stage)
     python bench/unicorn_reading.py --steps 2000 --bs 16 --lr 3e-3    # longer
     python bench/unicorn_reading.py --layers 4                        # deeper
-    python bench/unicorn_reading.py --short_only --steps 3000 --bs 16 # only the short-answer items
+    python bench/unicorn_reading.py --text_mix all --n_objects 1 3 --vqa V  # the first toy's mix on 1-3 objects
 
 A fresh tiny Llama (``models.tiny_lm.build_tiny_lm``) is trained like ``UnicornVLM(stage="text")``: each
 sample is the world writer's caption + instruction items; the LM sees the caption as text in the first
-user turn and learns the answers, plus the caption itself as plain text (``UnicornVLM.examples``). The
+user turn and learns the answers (``UnicornVLM.examples``; ``--text_mix all`` adds the reasoning items
+and the caption itself as plain text). The
 loop here is plain PyTorch so that sizes and lengths can be varied quickly, and differs from the
 Lightning text stage in two ways: gradients are clipped at norm 1, and the LR multiplier is the linear
 warm-up (5 % of the steps) times one cosine over the whole run, not ``train.clip_pretrain.warmup_cosine``
 (cosine after the warm-up). The README's reading figures were measured with exactly this loop. It then prints the text-reading accuracy: the LM reads each held-out record's gold
 caption as text and answers (``train.vqa_eval.evaluate_text_reading``). No transfer mode can push the
-VLM above this ceiling. ``--short_only`` trains on the short-answer items alone: no step-by-step
-reasoning answers and no caption-only example, so the few answer tokens are not outweighed by long texts.
+VLM above this ceiling. The short-answer mix (the default) leaves out the step-by-step reasoning answers
+and the caption-only example, so the few answer tokens are not outweighed by long texts.
 
 Needs ``runs/unicorn-toy/vqa/vqa.jsonl`` (made by ``synthloop unicorn-toy``) and the quickstart CLIP
 (``runs/quickstart/clip_final.pt``; only the text tower's tokenizer is used by the text stage).
@@ -47,7 +48,10 @@ def main() -> None:
     ap.add_argument("--clip_checkpoint", default="runs/quickstart/clip_final.pt")
     ap.add_argument("--out", default=None, help="save the trained LM (VLM folder) here")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--short_only", action="store_true", help="train on the short-answer items only (see above)")
+    ap.add_argument("--text_mix", choices=("short", "all"), default="short",
+                    help="UnicornVLM's text_mix: short-answer items only (the toy's setting) or all items + captions")
+    ap.add_argument("--n_objects", type=int, nargs=2, default=[1, 1], metavar=("MIN", "MAX"),
+                    help="objects per training scene (match the VQA file's scenes)")
     args = ap.parse_args()
 
     vqa = Path(args.vqa)
@@ -62,13 +66,12 @@ def run(args: argparse.Namespace, vqa: Path, tmp: Path) -> None:
     from datagen.unicorn.stages import UnicornText
     from models.tiny_lm import build_tiny_lm
     from train.unicorn_module import UnicornVLM
-    from train.vlm_data import chat_example, format_question, pad_examples
     from train.vqa_eval import evaluate_text_reading, load_vqa
 
     build_tiny_lm(tmp / "lm_init", hidden=args.hidden, layers=args.layers, heads=args.heads)
     m = UnicornVLM(stage="text", lm_path=str(tmp / "lm_init"), clip_model="synthloop-tiny-rn64",
-                   clip_checkpoint=args.clip_checkpoint)
-    gen = UnicornText(stage="instructions", n_objects=(1, 3))
+                   clip_checkpoint=args.clip_checkpoint, text_mix=args.text_mix)
+    gen = UnicornText(stage="instructions", n_objects=tuple(args.n_objects))
     params = [p for p in m.vlm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     warm = max(1, int(0.05 * args.steps))
@@ -76,17 +79,7 @@ def run(args: argparse.Namespace, vqa: Path, tmp: Path) -> None:
     t0 = time.time()
     for step in range(args.steps):
         samples = [gen.generate(rng, step * args.bs + i) for i in range(args.bs)]
-        if args.short_only:
-            tok, rows = m.vlm.tokenizer, []
-            for s in samples:
-                turns = [(format_question(it["question"], it.get("options")), it["answer"])
-                         for it in s["items"] if it["type"] != "reasoning"]
-                if turns:
-                    turns[0] = (s["caption"] + "\n" + turns[0][0], turns[0][1])  # as in the text stage
-                    rows.append(chat_example(tok, turns))
-            ex = pad_examples(rows, tok.pad_token_id)
-        else:
-            ex = m.examples({"caption": [s["caption"] for s in samples], "items": [s["items"] for s in samples]})
+        ex = m.examples({"caption": [s["caption"] for s in samples], "items": [s["items"] for s in samples]})
         scale = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for g in opt.param_groups:
             g["lr"] = args.lr * scale
@@ -111,7 +104,8 @@ def run(args: argparse.Namespace, vqa: Path, tmp: Path) -> None:
     m.eval()
     result = evaluate_text_reading(m.vlm.lm, m.vlm.tokenizer, subset)
     print(json.dumps({**vars(args), "train_s": round(train_s), "text_reading_acc": round(result["accuracy"], 4),
-                      "by_type": {k: round(v, 3) for k, v in result["by_type"].items()}, "n": result["n"]}))
+                      "by_type": {k: round(v, 3) for k, v in {**result["by_type"], **result.get("by_qtype", {})}.items()},
+                      "n": result["n"]}))
     if args.out:
         m.vlm.save_pretrained(args.out)
 

@@ -151,3 +151,25 @@ def test_vqa_file_validation(tmp_path):
     bad.write_text(json.dumps({"image": "missing.png", "question": "q?", "answer": "a"}) + "\n")
     with pytest.raises(FileNotFoundError, match="missing.png"):
         load_vqa(bad)
+
+
+@pytest.mark.parametrize("mix", ["short", "all"])
+def test_unicorn_text_stage_mix(lm_dir, mix):
+    """Stage "text": caption + questions -> answers; "short" drops reasoning items and the plain caption."""
+    from train.unicorn_module import UnicornVLM
+
+    m = UnicornVLM(stage="text", lm_path=str(lm_dir), clip_checkpoint=None, text_mix=mix)
+    items = [{"type": "open", "question": "is there a cube?", "answer": "yes"},
+             {"type": "reasoning", "question": "how many cubes are there? Think it through step by step.",
+              "answer": "From left to right the scene shows a small red metal cube. So the answer is 1."},
+             {"type": "mc", "question": "what color is the cube?", "answer": "B", "options": ["blue", "red"]}]
+    caption = "there is one object: a small red metal cube."
+    ex = m.examples({"caption": [caption], "items": [items]})
+    tok = m.vlm.tokenizer
+    answers = tok.decode(ex["labels"][0][ex["labels"][0] != IGNORE])
+    assert "yes" in answers and "B" in answers
+    assert ("From left to right" in answers) == (mix == "all")
+    assert ex["input_ids"].shape[0] == (1 if mix == "short" else 2)  # "all": plus the caption as plain text
+    assert caption in tok.decode(ex["input_ids"][0])  # the LM reads the caption in the first user turn
+    with pytest.raises(ValueError, match="text_mix"):
+        UnicornVLM(stage="text", lm_path=str(lm_dir), clip_checkpoint=None, text_mix="long")

@@ -2,8 +2,11 @@
 
 One LightningModule, three stages (``stage``):
 
-* ``"text"`` -- the toy recipe's stand-in for LLM pre-training: the LM alone learns the world's
-  language from plain captions and from chat turns "caption + question -> answer" (no image);
+* ``"text"`` -- the toy recipe's stand-in for LLM pre-training: the LM alone learns to answer
+  questions about a scene it is told about, chat turns "caption + question -> answer" (no image).
+  ``text_mix="short"`` (default) keeps the multiple-choice and open items only; ``"all"`` adds the
+  step-by-step reasoning items and the caption as plain text (their long texts outweigh the one-word
+  answers in the loss, and the tiny toy LM then never learns to read: see ``bench/unicorn_reading.py``);
 * ``"align"`` (stage A) -- ``<image>`` + caption, **projector only** (LR 5e-4 in the paper);
 * ``"instruct"`` (stage B) -- chat-formatted instruction items, loss only on the assistant turns,
   projector + LM (or a LoRA adapter) (LR 1e-5 in the paper).
@@ -46,6 +49,7 @@ from train.vlm_data import IGNORE, caption_example, chat_example, format_questio
 
 log = logging.getLogger(__name__)
 STAGES = ("text", "align", "instruct")
+TEXT_MIXES = ("short", "all")
 
 
 class _ImageTransform:
@@ -81,6 +85,8 @@ class UnicornVLM(pl.LightningModule):
             conditioned through a frozen input position).
         image_pool_size, image_pool_seed: unpaired rendered images for μ_V (ideal, realign, image).
         max_length: token cap per example.
+        text_mix: stage ``"text"`` only: ``"short"`` (multiple-choice and open items) or ``"all"``
+            (also reasoning items and the plain caption).
         export, export_dir: whether / where ``save_pretrained`` writes the trained VLM (default ``<log dir>/vlm``).
         eval_jsonl: VQA file evaluated after training (rank 0).
         test_center: ``"auto"``, ``"true"`` or ``"false"`` (see module docstring).
@@ -93,7 +99,7 @@ class UnicornVLM(pl.LightningModule):
                  lr: float = 5e-4, weight_decay: float = 0.0, warmup_frac: float = 0.03,
                  lora: bool = False, lora_r: int = 16, lora_alpha: int = 32, align_train_lm: bool = False,
                  image_pool_size: int = 1024, image_pool_seed: int = 555_000_111, image_size: int = 64,
-                 pool_n_objects: tuple[int, int] = (1, 3), max_length: int = 384,
+                 pool_n_objects: tuple[int, int] = (1, 3), max_length: int = 384, text_mix: str = "short",
                  export: bool = True, export_dir: str | None = None, eval_jsonl: str | None = None,
                  eval_batch_size: int = 64,
                  test_center: str = "auto", trust_remote_code: bool = False) -> None:
@@ -105,6 +111,8 @@ class UnicornVLM(pl.LightningModule):
             raise ValueError(f"embedding must be 'text' or 'image', got {embedding!r}")
         if transfer_mode not in MODES:
             raise ValueError(f"transfer_mode must be one of {MODES}, got {transfer_mode!r}")
+        if text_mix not in TEXT_MIXES:
+            raise ValueError(f"text_mix must be one of {TEXT_MIXES}, got {text_mix!r}")
         if test_center not in ("auto", "true", "false"):
             raise ValueError(f"test_center must be 'auto', 'true' or 'false', got {test_center!r}")
         tower_spec = {"type": "open_clip", "model_name": clip_model, "pretrained": clip_checkpoint}
@@ -204,22 +212,29 @@ class UnicornVLM(pl.LightningModule):
                 out.append(caption_example(tok, image, caption, hp.max_length))
                 continue
             items = batch["items"][i] if "items" in batch else []
-            turns = [(format_question(it["question"], it.get("options")), it["answer"]) for it in items]
             if hp.stage == "text":
-                # the LM reads the caption (instead of an image) and answers; plus the caption as plain text
+                # the LM reads the caption (instead of an image) and answers; "all": plus the caption as plain text
+                if hp.text_mix == "short":
+                    items = [it for it in items if it.get("type") != "reasoning"]
+                turns = [(format_question(it["question"], it.get("options")), it["answer"]) for it in items]
                 if turns:
                     turns[0] = (caption + "\n" + turns[0][0], turns[0][1])
                     out.append(chat_example(tok, turns, max_length=hp.max_length))
-                out.append(caption_example(tok, "", caption, hp.max_length))
-            else:
-                if not turns:
-                    raise ValueError(f"stage 'instruct' needs instruction items; sample {i} of the batch has none "
-                                     "(use the generator's stage='instructions')")
-                turns[0] = (image + "\n" + turns[0][0], turns[0][1])
-                ex = chat_example(tok, turns)
-                if len(ex["input_ids"]) > hp.max_length:  # the image tokens come first: cutting the end is safe
-                    ex = {k: v[:hp.max_length] for k, v in ex.items()}
-                out.append(ex)
+                if hp.text_mix == "all":
+                    out.append(caption_example(tok, "", caption, hp.max_length))
+                continue
+            turns = [(format_question(it["question"], it.get("options")), it["answer"]) for it in items]
+            if not turns:
+                raise ValueError(f"stage 'instruct' needs instruction items; sample {i} of the batch has none "
+                                 "(use the generator's stage='instructions')")
+            turns[0] = (image + "\n" + turns[0][0], turns[0][1])
+            ex = chat_example(tok, turns)
+            if len(ex["input_ids"]) > hp.max_length:  # the image tokens come first: cutting the end is safe
+                ex = {k: v[:hp.max_length] for k, v in ex.items()}
+            out.append(ex)
+        if not out:
+            raise ValueError(f"stage {hp.stage!r}: no sample of this batch has a usable item "
+                             f"(text_mix={hp.text_mix!r} keeps multiple-choice and open items only)")
         return pad_examples(out, tok.pad_token_id)
 
     # -- training --------------------------------------------------------------------------------

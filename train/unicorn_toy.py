@@ -5,12 +5,16 @@
 
 1. the tiny CLIP (``runs/quickstart/clip_final.pt``; trained with ``configs/quickstart.yaml`` when missing)
    and its modality-gap diagnostics on paired world data;
-2. a tiny Llama with a word-level world tokenizer learns the world's text (``configs/unicorn/toy_text.yaml``);
+2. a tiny Llama with a word-level world tokenizer learns to answer questions about a scene it reads as
+   text (``configs/unicorn/toy_text.yaml``: caption + multiple-choice and open items, ``text_mix: short``),
+   the stand-in for a pretrained LLM; its text-reading accuracy is the ceiling of any transfer;
 3. the held-out VQA benchmark: rendered images, never seen in training (``train.vqa_eval.build_world_vqa``);
 4. per variant, stage A (``toy_align.yaml``) then stage B (``toy_instruct.yaml``) and the VQA evaluation:
    ``real`` (the upper bound: rendered-image embeddings), and the text-only runs ``mean_shift``, ``raw``,
    ``mean_shift_noise``, ``ideal`` (and ``realign`` when asked for).
 
+Scenes hold one object by default (``--n-objects 1 1``): the tiny CLIP's single embedding then carries every
+answer (with 1-3 objects the tiny LM could not even answer from the caption text, see ``docs/unicorn.md``).
 Every step is skipped when its output exists, so a killed pipeline continues where it stopped
 (a stage that was interrupted mid-way is rerun from its start). The results go to
 ``<out>/results.json`` and ``<out>/results.md``.
@@ -47,8 +51,9 @@ def _variant_args(variant: str, noise_std: float) -> list[str]:
 
 def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.pt",
         variants: tuple[str, ...] = ("real", "mean_shift", "raw", "mean_shift_noise", "ideal"),
-        text_steps: int = 300, align_steps: int = 150, instruct_steps: int = 300, noise_std: float = 0.05,
-        vqa_images: int = 300, lm_hidden: int = 128, lm_layers: int = 2, align_train_lm: bool = False) -> dict:
+        text_steps: int = 600, align_steps: int = 150, instruct_steps: int = 300, noise_std: float = 0.05,
+        vqa_images: int = 300, lm_hidden: int = 128, lm_layers: int = 2, align_train_lm: bool = False,
+        n_objects: tuple[int, int] = (1, 1), seed: int = 0) -> dict:
     import torch
 
     from models.tiny_lm import build_tiny_lm
@@ -66,23 +71,25 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
         timings["clip"] = time.time() - t0
     gap_file = outp / "gap.json"
     if not gap_file.is_file():
-        gap_file.write_text(json.dumps(clip_gap_diagnostics("synthloop-tiny-rn64", clip), indent=1))
+        gap_file.write_text(json.dumps(clip_gap_diagnostics("synthloop-tiny-rn64", clip, n_objects=n_objects), indent=1))
     gap = json.loads(gap_file.read_text())
     log.info("modality gap of the tiny CLIP: %s", gap)
 
+    objs = f"[{n_objects[0]},{n_objects[1]}]"
     common = [f"--model.init_args.clip_checkpoint={clip}", f"--trainer.default_root_dir={out}",
-              f"--trainer.logger.init_args.save_dir={out}"]
+              f"--trainer.logger.init_args.save_dir={out}", f"--data.init_args.generator.init_args.n_objects={objs}",
+              f"--model.init_args.pool_n_objects={objs}", f"--seed_everything={seed}"]
     lm_world = outp / "lm_world"
     if not (lm_world / "vlm_config.json").is_file():
         t = time.time()
-        build_tiny_lm(outp / "lm_init", hidden=lm_hidden, layers=lm_layers)
+        build_tiny_lm(outp / "lm_init", hidden=lm_hidden, layers=lm_layers, seed=seed)
         _fit("configs/unicorn/toy_text.yaml", common + [f"--model.init_args.lm_path={outp / 'lm_init'}",
                                                         f"--model.init_args.export_dir={lm_world}",
                                                         f"--trainer.max_steps={text_steps}"])
         timings["text"] = time.time() - t
     vqa = outp / "vqa" / "vqa.jsonl"
     if not vqa.is_file():
-        build_world_vqa(outp / "vqa", vqa_images)
+        build_world_vqa(outp / "vqa", vqa_images, n_objects=n_objects)
     reading_file = outp / "text_reading.json"
     if not reading_file.is_file():  # the LM given the gold caption as text: the ceiling of any transfer
         from models.vlm import EmbeddingVLM
@@ -111,7 +118,8 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
                 f"--trainer.logger.init_args.name={variant}-instruct"])
             timings[variant] = time.time() - t
         r = json.loads(res_file.read_text())
-        results[variant] = {"accuracy": r["accuracy"], "by_type": r["by_type"], "n": r["n"]}
+        results[variant] = {"accuracy": r["accuracy"], "by_type": r["by_type"], "by_qtype": r.get("by_qtype", {}),
+                            "n": r["n"]}
         blind_file = vdir / "vlm" / "vqa_blind.json"
         if not blind_file.is_file():  # the same VLM without its image: what the question alone gives
             from models.vlm import EmbeddingVLM
@@ -119,13 +127,13 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
 
             vlm = EmbeddingVLM.from_pretrained(vdir / "vlm")
             b = evaluate_vqa(vlm, vqa, blind=True)
-            blind_file.write_text(json.dumps({k: b[k] for k in ("accuracy", "by_type", "n")}, indent=1))
+            blind_file.write_text(json.dumps({k: b.get(k) for k in ("accuracy", "by_type", "by_qtype", "n")}, indent=1))
         results[variant]["blind"] = json.loads(blind_file.read_text())["accuracy"]
     timings["total"] = time.time() - t0
     summary = {"gap": gap, "results": results, "text_reading": reading, "seconds": timings,
                "settings": {"text_steps": text_steps, "align_steps": align_steps, "instruct_steps": instruct_steps,
                             "noise_std": noise_std, "vqa_images": vqa_images, "clip": clip,
-                            "align_train_lm": align_train_lm}}
+                            "align_train_lm": align_train_lm, "n_objects": list(n_objects), "seed": seed}}
     (outp / "results.json").write_text(json.dumps(summary, indent=1))
     (outp / "results.md").write_text(results_table(summary))
     print(results_table(summary))
@@ -134,19 +142,24 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
 
 def results_table(summary: dict) -> str:
     res = summary["results"]
+
+    def columns(r: dict) -> dict:  # multiple choice / open, then the question families
+        return {**r["by_type"], **r.get("by_qtype", {})}
+
     types = sorted({t for r in res.values() for t in r["by_type"]})
+    types += sorted({t for r in res.values() for t in r.get("by_qtype", {})})
     real = res.get("real", {}).get("accuracy")
     lines = ["| variant | VQA acc | " + " | ".join(types) + " | % of real | same VLM, no image |",
              "|---|---|" + "---|" * len(types) + "---|---|"]
     for name, r in res.items():
         rel = f"{100 * r['accuracy'] / real:.0f}%" if real else "-"
         lines.append(f"| {name} | {100 * r['accuracy']:.1f} | "
-                     + " | ".join(f"{100 * r['by_type'].get(t, 0):.1f}" for t in types)
+                     + " | ".join(f"{100 * columns(r).get(t, 0):.1f}" for t in types)
                      + f" | {rel} | {100 * r.get('blind', float('nan')):.1f} |")
     if summary.get("text_reading"):
         tr = summary["text_reading"]
         lines.append(f"| (LM reading the gold caption as text) | {100 * tr['accuracy']:.1f} | "
-                     + " | ".join(f"{100 * tr['by_type'].get(t, 0):.1f}" for t in types) + " | | |")
+                     + " | ".join(f"{100 * columns(tr).get(t, 0):.1f}" for t in types) + " | | |")
     g = summary["gap"]
     lines.append("")
     lines.append(f"tiny CLIP modality gap (paired world data, n={g['n']}): |mean gap| {g['gap_norm']:.3f}, "
@@ -161,11 +174,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clip", default="runs/quickstart/clip_final.pt")
     p.add_argument("--variants", nargs="+", default=["real", "mean_shift", "raw", "mean_shift_noise", "ideal"],
                    choices=VARIANTS)
-    p.add_argument("--text-steps", type=int, default=300)
+    p.add_argument("--text-steps", type=int, default=600)
     p.add_argument("--align-steps", type=int, default=150)
     p.add_argument("--instruct-steps", type=int, default=300)
     p.add_argument("--noise-std", type=float, default=0.05)
     p.add_argument("--vqa-images", type=int, default=300)
+    p.add_argument("--n-objects", type=int, nargs=2, default=[1, 1], metavar=("MIN", "MAX"),
+                   help="objects per scene in every stage and in the held-out VQA (default: one)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="initialisation and sampling seed of every stage (the data streams keep the configs' seeds)")
     p.add_argument("--align-train-lm", action="store_true",
                    help="also train the LM in stage A (off-spec; for LMs too small to be conditioned frozen)")
     a = p.parse_args(argv)
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("train", "datagen", "models"):
         logging.getLogger(name).setLevel(logging.INFO)
     run(a.out, a.clip, tuple(a.variants), a.text_steps, a.align_steps, a.instruct_steps, a.noise_std, a.vqa_images,
-        align_train_lm=a.align_train_lm)
+        align_train_lm=a.align_train_lm, n_objects=tuple(a.n_objects), seed=a.seed)
 
 
 if __name__ == "__main__":

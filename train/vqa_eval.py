@@ -89,7 +89,9 @@ def score(record: dict[str, Any], reply: str) -> bool:
 
 
 class _Tally:
-    """Correct / total per record type and overall (``"all"``), shared by both evaluators."""
+    """Correct / total overall (``"all"``), per record type (multiple choice / open) and, for records
+    with a ``qtype`` (the world's question family: colour, count, ...), per question family;
+    shared by both evaluators."""
 
     def __init__(self) -> None:
         self.counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -97,15 +99,21 @@ class _Tally:
     def add(self, record: dict[str, Any], reply: str) -> tuple[bool, str]:
         ok = score(record, reply)
         kind = record.get("type") or ("choice" if record.get("choices") else "open")
-        for key in ("all", kind):
+        keys = ("all", kind) + ((f"q:{record['qtype']}",) if record.get("qtype") else ())
+        for key in keys:
             self.counts[key][0] += int(ok)
             self.counts[key][1] += 1
         return ok, kind
 
     def summary(self) -> dict[str, Any]:
         acc = {k: c / max(n, 1) for k, (c, n) in self.counts.items()}
-        return {"accuracy": acc.get("all", 0.0), "by_type": {k: v for k, v in acc.items() if k != "all"},
-                "n": self.counts["all"][1]}
+        out = {"accuracy": acc.get("all", 0.0),
+               "by_type": {k: v for k, v in acc.items() if k != "all" and not k.startswith("q:")},
+               "n": self.counts["all"][1]}
+        by_qtype = {k[2:]: v for k, v in acc.items() if k.startswith("q:")}
+        if by_qtype:
+            out["by_qtype"] = by_qtype
+        return out
 
 
 @torch.no_grad()
