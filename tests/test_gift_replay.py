@@ -97,6 +97,19 @@ def test_imagenet_pool_and_tuple_tasks():
     assert len(set(pool.prompts)) == len(pool) == 1002
 
 
+def test_world_full_pool_prompts_are_mutually_exclusive():
+    """"world_full": every attribute named, so no base prompt truthfully describes another one's image."""
+    from datagen.gift.prompts import world_prompt_spec
+
+    pool = build_pool("world_full")
+    specs = [world_prompt_spec(p)["attrs"] for p in pool.prompts]
+    assert len(pool) == 2 * 8 * 2 * 3 == len({tuple(sorted(a.items())) for a in specs})
+    assert all(set(a) == {"shape", "color", "size", "material"} for a in specs)
+    assert set(pool.prompts) < set(world_base_prompts())
+    with pytest.raises(ValueError, match="world_full"):
+        build_pool("worlds")
+
+
 def test_world_base_prompts_are_renderable_and_described():
     backend = WorldT2I(32)
     prompts = world_base_prompts()

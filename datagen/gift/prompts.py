@@ -192,7 +192,8 @@ def build_pool(base: str | Sequence[str], previous_tasks: Sequence[TaskSpec] = (
     """The pool P_t: base prompts ∪ first-template prompts of all classes of ``previous_tasks``.
 
     ``base``: ``"imagenet"`` ("a photo of a {c}." for the 1000 ImageNet names), ``"world"``
-    (:func:`world_base_prompts`) or an explicit list of prompts. ``previous_tasks``: the tasks *before*
+    (:func:`world_base_prompts`), ``"world_full"`` (the 96 of those that name all four attributes:
+    mutually exclusive, as ImageNet's classes are) or an explicit list of prompts. ``previous_tasks``: the tasks *before*
     t, each ``(classnames, first_template)`` or a :class:`TaskFamily`; the caller leaves task t out,
     which is what keeps the current task's classes out of its pool. Order: base, then tasks in order;
     a prompt already in the pool keeps its first id.
@@ -204,8 +205,10 @@ def build_pool(base: str | Sequence[str], previous_tasks: Sequence[TaskSpec] = (
                         for c in imagenet_classnames()]
         elif base == "world":
             entries += [(p, spec, "base") for p, spec in _world_base()]
+        elif base == "world_full":  # every attribute named: no prompt describes another prompt's image
+            entries += [(p, spec, "base") for p, spec in _world_base() if len(spec["attrs"]) == len(ATTRIBUTE_VALUES)]
         else:
-            raise ValueError(f"base must be 'imagenet', 'world' or a list of prompts, got {base!r}")
+            raise ValueError(f"base must be 'imagenet', 'world', 'world_full' or a list of prompts, got {base!r}")
     else:
         entries += [(str(p), _spec_for(str(p), {"kind": "text"}), "base") for p in base]
     for k, task in enumerate(previous_tasks):
