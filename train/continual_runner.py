@@ -129,7 +129,8 @@ def continual(
         lr, task_lr: base learning rate (spec 1e-5) and per-task overrides (spec: 5e-5 for Aircraft, MNIST).
         warmup_steps: linear warm-up, then cosine to 0 at the end of the task (spec 100).
         temperature, ita_weight, awc_lambda, label_smoothing: spec values 2, 0.25, 1, 0.2.
-        replay_base: "world" (toy pre-training vocabulary) or "imagenet" (real runs).
+        replay_base: "world" (toy pre-training vocabulary), "world_full" (its 96 mutually exclusive
+            all-attribute prompts) or "imagenet" (real runs).
         replay_size: N prompts drawn with replacement per task (spec 1000).
         replay_backend: {"backend": "world", "image_size": 32} or {"backend": "diffusers", "model": <path>, ...}.
         replay_cache: where content-hashed replay sets live (shared across runs).
