@@ -95,24 +95,27 @@ class _Tally:
 
     def __init__(self) -> None:
         self.counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.qtype_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
     def add(self, record: dict[str, Any], reply: str) -> tuple[bool, str]:
         ok = score(record, reply)
         kind = record.get("type") or ("choice" if record.get("choices") else "open")
-        keys = ("all", kind) + ((f"q:{record['qtype']}",) if record.get("qtype") else ())
-        for key in keys:
-            self.counts[key][0] += int(ok)
-            self.counts[key][1] += 1
+        counters = [self.counts["all"], self.counts[kind]]
+        if record.get("qtype"):
+            counters.append(self.qtype_counts[record["qtype"]])
+        for c in counters:
+            c[0] += int(ok)
+            c[1] += 1
         return ok, kind
 
     def summary(self) -> dict[str, Any]:
-        acc = {k: c / max(n, 1) for k, (c, n) in self.counts.items()}
-        out = {"accuracy": acc.get("all", 0.0),
-               "by_type": {k: v for k, v in acc.items() if k != "all" and not k.startswith("q:")},
-               "n": self.counts["all"][1]}
-        by_qtype = {k[2:]: v for k, v in acc.items() if k.startswith("q:")}
-        if by_qtype:
-            out["by_qtype"] = by_qtype
+        def acc(counts: dict[str, list[int]]) -> dict[str, float]:
+            return {k: c / max(n, 1) for k, (c, n) in counts.items()}
+
+        by_type = acc(self.counts)
+        out = {"accuracy": by_type.pop("all", 0.0), "by_type": by_type, "n": self.counts["all"][1]}
+        if self.qtype_counts:
+            out["by_qtype"] = acc(self.qtype_counts)
         return out
 
 
