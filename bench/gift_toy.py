@@ -2,6 +2,7 @@
 
     python bench/gift_toy.py                                   # order I, all methods
     python bench/gift_toy.py --config configs/gift/toy_order2.yaml --methods finetune gift
+    python bench/gift_toy.py --methods cd cd_ita gift --set ita_targets=describes --root runs/gift-toy-describes
 
 Each method runs ``synthloop continual`` with the config (only ``method`` and ``out_dir`` change) and is
 resumable; finished runs are read back, not re-run. Prints Transfer / Avg / Last / BWT per method
@@ -21,6 +22,7 @@ from train.continual import cl_metrics
 from train.continual_runner import continual
 
 METHODS = ["finetune", "l2", "lwf", "ewc", "cd", "cd_ita", "gift"]
+OVERRIDABLE = ("ita_targets", "replay_base", "task_lr", "logit_scale")  # continual() arguments the toy configs leave at defaults
 
 
 def main() -> None:
@@ -28,8 +30,15 @@ def main() -> None:
     p.add_argument("--config", default="configs/gift/toy.yaml")
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--root", default=None, help="output root (default: the config's out_dir parent)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config keys, values in YAML (e.g. --set ita_targets=describes seed=7)")
     a = p.parse_args()
     cfg = yaml.safe_load(Path(a.config).read_text())
+    for kv in a.set:
+        key, sep, value = kv.partition("=")
+        if not sep or key not in cfg and key not in OVERRIDABLE:
+            raise SystemExit(f"--set {kv!r}: expected KEY=VALUE with a key of {a.config} or one of {OVERRIDABLE}")
+        cfg[key] = yaml.safe_load(value)
     root = Path(a.root or Path(cfg["out_dir"]).parent)
     rows, times = {}, {}
     for method in a.methods:

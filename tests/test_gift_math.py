@@ -159,6 +159,28 @@ def test_ita_duplicate_prompts_split_targets():
     assert got != pytest.approx(image_text_alignment(S, torch.tensor([0, 1, 2])).item())
 
 
+def test_ita_extra_true_pairs_hand_values():
+    """``also_true`` adds positives; each direction's indicator is row-normalised on its own."""
+    g = torch.Generator().manual_seed(5)
+    S = torch.randn(2, 2, generator=g) * 3
+    extra = torch.tensor([[False, True], [False, False]])  # text 1 also describes image 0
+    got = image_text_alignment(S, torch.tensor([0, 1]), label_smoothing=0.2, also_true=extra).item()
+    ls, lt = F.log_softmax(S, dim=1), F.log_softmax(S.t(), dim=1)
+    e = 0.2 / 2
+    # images: row 0 targets (½, ½), row 1 (0, 1); texts: text 0 -> image 0 only, text 1 -> images 0 and 1
+    i2t = (-((0.4 + e) * (ls[0, 0] + ls[0, 1])) - (e * ls[1, 0] + (0.8 + e) * ls[1, 1])) / 2
+    t2i = (-((0.8 + e) * lt[0, 0] + e * lt[0, 1]) - (0.4 + e) * (lt[1, 0] + lt[1, 1])) / 2
+    assert got == pytest.approx((i2t + t2i).item(), rel=1e-10)
+    # no extra pairs = the spec's same-prompt loss
+    none = torch.zeros(3, 3, dtype=torch.bool)
+    S3 = torch.randn(3, 3, generator=g)
+    ids = torch.tensor([0, 0, 1])
+    assert image_text_alignment(S3, ids, also_true=none).item() == pytest.approx(
+        image_text_alignment(S3, ids).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="also_true"):
+        image_text_alignment(S3, ids, also_true=torch.zeros(2, 2, dtype=torch.bool))
+
+
 def test_ita_shape_checks():
     with pytest.raises(ValueError):
         image_text_alignment(torch.zeros(3, 3), torch.tensor([0, 1]))

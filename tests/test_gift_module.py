@@ -107,3 +107,22 @@ def test_methods_needing_a_teacher_refuse_none(bundle):
         GIFTTask(student, None, bundle.tokenizer, PROMPTS, method="gift")
     with pytest.raises(ValueError, match="unknown continual method"):
         GIFTTask(student, None, bundle.tokenizer, PROMPTS, method="magic")
+
+
+def test_ita_describes_targets_come_from_the_batch_multi_hot(bundle):
+    student, teacher = _models(bundle)
+    batch = _batch()
+    hot = torch.zeros(6, 12, dtype=torch.bool)  # pool of 12 prompts; image 1 is also described by prompt 5
+    hot[1, 5] = True
+    batch["replay_describes"] = hot
+    task = GIFTTask(student, teacher, bundle.tokenizer, PROMPTS, method="cd_ita", ita_targets="describes")
+    extra = task._also_true(batch)
+    want = torch.zeros(6, 6, dtype=torch.bool)
+    want[1, 4] = True  # prompt id 5 is the text of batch item 4
+    assert torch.equal(extra, want)
+    assert GIFTTask(student, teacher, bundle.tokenizer, PROMPTS, method="cd_ita")._also_true(batch) is None
+    del batch["replay_describes"]
+    with pytest.raises(ValueError, match="describes"):
+        task._also_true(batch)
+    with pytest.raises(ValueError, match="ita_targets"):
+        GIFTTask(student, teacher, bundle.tokenizer, PROMPTS, method="cd_ita", ita_targets="nearby")

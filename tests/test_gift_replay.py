@@ -110,6 +110,24 @@ def test_world_full_pool_prompts_are_mutually_exclusive():
         build_pool("worlds")
 
 
+def test_world_scenes_pool_adds_two_object_prompts_rendered_as_said():
+    from datagen.gift.prompts import world_prompt_describes
+
+    pool = build_pool("world_scenes", [TASK_FAMILIES["count"]])
+    pairs = [i for i, s in enumerate(pool.specs) if s["kind"] == "objects"]
+    assert len(pairs) == 24 * 23 // 2 and len(pool) == 240 + len(pairs) + 6
+    assert pool[pairs[0]] == "a photo of a gray cube and a gray sphere."
+    backend = WorldT2I(32)
+    two = pool.prompt_id("a photo of two objects.")
+    for k, i in enumerate(pairs[::25]):
+        _, meta = backend.render(pool[i], k)
+        objs = meta["scene"]["objects"]
+        want = pool.specs[i]["objects"]
+        assert sorted((o["color"], o["shape"]) for o in objs) == sorted((w["color"], w["shape"]) for w in want)
+        assert world_prompt_describes(pool.specs[i], meta)
+        assert two in pool.describing(meta) and i not in pool.describing(meta, exclude=i)
+
+
 def test_world_base_prompts_are_renderable_and_described():
     backend = WorldT2I(32)
     prompts = world_base_prompts()
@@ -153,7 +171,7 @@ def test_world_t2i_renders_what_the_prompt_says():
     (obj,) = meta["scene"]["objects"]
     assert (obj["color"], obj["shape"]) == ("red", "cube") and image.size == (64, 64)
     _, meta = backend.render('a photo of the number: "3".', seed=5)
-    assert meta == {"family": "digits", "label": 3}
+    assert meta["family"] == "digits" and meta["label"] == 3 and "digit_index" in meta
     _, meta = backend.render("a photo of a cube to the left of a sphere.", seed=1)
     assert meta["family"] == "relation"
     a, b = backend.generate(["a photo of a red cube."] * 2, [7, 7])
@@ -200,6 +218,7 @@ def test_complete_set_is_reused(tmp_path, monkeypatch):
         raise AssertionError("regenerated a complete set")
 
     monkeypatch.setattr(backend, "generate", boom)
+    monkeypatch.setattr(backend, "generate_with_meta", boom)
     assert make_replay_set(pool, 6, 0, backend, tmp_path, progress=False) == d
     # another epoch is another set
     with pytest.raises(AssertionError):
@@ -255,6 +274,61 @@ def test_replay_dataset_with_transform(tmp_path):
     assert all(pool[int(pid)] == txt for pid, txt in zip(batch["prompt_id"], batch["txt"]))
     with pytest.raises(FileNotFoundError):
         ReplayDataset(tmp_path / "nope")
+
+
+def test_world_prompt_describes_hand_cases():
+    from datagen.gift.prompts import world_prompt_describes, world_prompt_spec
+
+    one = {"scene": {"objects": [{"shape": "cube", "color": "red", "size": "small", "material": "metal",
+                                  "x": 0.5, "y": 0.5}]}}
+    two = {"scene": {"objects": [dict(one["scene"]["objects"][0], x=0.2),
+                                 {"shape": "sphere", "color": "blue", "size": "large", "material": "rubber",
+                                  "x": 0.8, "y": 0.5}]}}
+
+    def says(prompt, image):
+        return world_prompt_describes(world_prompt_spec(prompt), image)
+
+    assert says("a photo of a red cube.", one) and says("a photo of a small metal cube.", one)
+    assert not says("a photo of a blue cube.", one) and not says("a photo of a red cube.", two)  # one object only
+    assert says("a photo of a cube.", one) and says("a photo of a metal object.", one)  # task-family prompts
+    assert says("a photo of one object.", one) and not says("a photo of one object.", two)
+    assert says("a photo of a cube to the left of a sphere.", two) and not says("a photo of a sphere to the left of a cube.", two)
+    digit = {"family": "digits", "label": 3, "digit_index": 7}
+    assert says('a photo of the number: "3".', digit) and not says('a photo of the number: "4".', digit)
+    assert not says("a photo of one object.", digit)
+
+
+def test_replay_set_records_which_prompts_describe_each_image(tmp_path):
+    torch = pytest.importorskip("torch")
+    from datagen.gift.prompts import world_prompt_describes
+
+    pool = build_pool("world_full", [TASK_FAMILIES["shape"], TASK_FAMILIES["count"]])
+    backend = WorldT2I(32)
+    d = make_replay_set(pool, 40, 3, backend, tmp_path, progress=False)
+    ds = ReplayDataset(d)
+    assert ds.pool_size == len(pool) and ds.describes is not None
+    for k in range(len(ds)):
+        pid = ds.prompt_ids[k]
+        _, meta = backend.render(pool[pid], ds_seed(d, k))
+        truth = {j for j in range(len(pool)) if j != pid and world_prompt_describes(pool.specs[j], meta)}
+        assert set(ds.describes[k]) == truth
+        item = ds[k]
+        assert item["describes"].dtype == torch.bool and item["describes"].shape == (len(pool),)
+        assert set(item["describes"].nonzero().flatten().tolist()) == truth
+        # a one-object base image is always "one object" and its shape's prompt
+        if pool.sources[pid] == "base":
+            assert {pool.prompt_id("a photo of one object."),
+                    pool.prompt_id(f"a photo of a {pool.specs[pid]['attrs']['shape']}.")} <= truth
+
+
+def ds_seed(set_dir, k):
+    """The image seed item k of a replay set was rendered with (from its shard json)."""
+    from datagen.shards import ShardStream
+
+    urls = sorted(str(p) for p in set_dir.rglob("*.tar"))
+    rows = sorted((int(s["json"]["index"]), int(s["json"]["seed"])) for s in ShardStream(urls, shuffle_shards=False,
+                                                                                       epochs=1))
+    return rows[k][1]
 
 
 # ------------------------------------------------------------------------------------------------ diffusers

@@ -134,6 +134,25 @@ def test_selfplay_steps_resume_restores_phase_state(tiny_policy_dir, tmp_path):
     assert b[0]["rae"]["n_updates"] == a[2]["rae"]["n_updates"]
 
 
+def test_inactive_stage_anchor_is_off_by_default_and_measured_when_on(tiny_policy_dir, tmp_path):
+    """``inactive_kl`` (off-spec): the other stage's outputs get a k3-KL anchor to π_ref; 0 = the paper."""
+    metrics = {}
+    for coef in (0.0, 1.0):
+        pl.seed_everything(0)
+        m = _module(tiny_policy_dir, inactive_kl=coef, phase={"k_min": 1, "patience": 1000})  # decision only
+        m.configure_model()
+        with torch.no_grad():  # the policy has moved away from π_ref (as after some updates)
+            for prm in m.vlm.lm.parameters():
+                prm.add_(0.05 * torch.randn_like(prm))
+        trainer = _trainer(tmp_path / f"c{coef}", 2)
+        trainer.fit(m, datamodule=_data())
+        metrics[coef] = float(trainer.callback_metrics["loss/kl_inactive"])
+        assert {h["phase"] for h in m.phase_ctl.history} == {"decision"}
+    assert metrics[0.0] == 0.0
+    # the clues (not trained in the decision stage) differ from π_ref's: the anchor measures it
+    assert metrics[1.0] > 0.0
+
+
 def test_rae_in_global_game_order_and_transcripts(tiny_policy_dir, tmp_path):
     m = _module(tiny_policy_dir, log_transcripts_every=1, n_transcripts=1, decision="observer", observer_samples=3)
     m.configure_model()

@@ -100,6 +100,8 @@ def continual(
     ita_weight: float = 0.25,
     awc_lambda: float = 1.0,
     label_smoothing: float = 0.2,
+    ita_targets: str = "same_prompt",
+    logit_scale: float | str = 100.0,
     replay_base: str = "world",
     replay_size: int = 1000,
     replay_backend: dict[str, Any] | None = None,
@@ -129,6 +131,10 @@ def continual(
         lr, task_lr: base learning rate (spec 1e-5) and per-task overrides (spec: 5e-5 for Aircraft, MNIST).
         warmup_steps: linear warm-up, then cosine to 0 at the end of the task (spec 100).
         temperature, ita_weight, awc_lambda, label_smoothing: spec values 2, 0.25, 1, 0.2.
+        ita_targets: "same_prompt" (spec) or "describes" (toy diagnostic: every prompt in the batch that
+            truthfully describes a replay image is a positive for it; world-rendered replay only).
+        logit_scale: the fixed CLIP temperature of every loss (spec: 100, which is OpenAI CLIP's own
+            learned value) or "model": the starting checkpoint's learned value (the toy CLIP's is ~17).
         replay_base: "world" (toy pre-training vocabulary), "world_full" (its 96 mutually exclusive
             all-attribute prompts) or "imagenet" (real runs).
         replay_size: N prompts drawn with replacement per task (spec 1000).
@@ -153,7 +159,12 @@ def continual(
 
     bundle = create_clip(model_name, pretrained=pretrained)
     model, preprocess, tokenizer = bundle.model, bundle.preprocess_val, bundle.tokenizer
-    logit_scale_is_fixed(model)
+    if logit_scale == "model":  # the starting CLIP's own learned temperature (OpenAI CLIP's is 100)
+        logit_scale = float(model.logit_scale.detach().exp())
+        log.info("logit scale fixed at the starting model's own value, %.2f", logit_scale)
+    elif isinstance(logit_scale, str):
+        raise ValueError(f"logit_scale must be a number or 'model', got {logit_scale!r}")
+    logit_scale_is_fixed(model, float(logit_scale))
     sources = [TaskSource(t, bundle.image_size, folder_root) for t in tasks]
     names = [s.name for s in sources]
     eval_sets = [s.eval_set(preprocess, bundle.image_size, eval_per_class, eval_seed) for s in sources]
@@ -204,7 +215,7 @@ def continual(
         module = GIFTTask(model, teacher, tokenizer, src.first_template_prompts, method=method,
                           lr=task_lr.get(src.name, lr), warmup_steps=warmup_steps, total_steps=steps_per_task,
                           temperature=temperature, ita_weight=ita_weight, awc_lambda=awc_lambda,
-                          label_smoothing=label_smoothing)
+                          label_smoothing=label_smoothing, ita_targets=ita_targets, logit_scale=float(logit_scale))
         dm = OnlineDataModule(generator=ContinualStream(src.train, replay, seed=seed + t), batch_size=batch_size,
                               num_workers=num_workers, seed=seed * 1000 + t, transform=ContinualTransform(preprocess))
         ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=task_dir / "checkpoints", every_n_train_steps=checkpoint_every,

@@ -116,23 +116,37 @@ def same_prompt_targets(prompt_ids: Tensor, dtype: torch.dtype = torch.float32) 
     return eq / eq.sum(dim=1, keepdim=True)
 
 
-def image_text_alignment(logits: Tensor, prompt_ids: Tensor, label_smoothing: float = 0.2) -> Tensor:
+def image_text_alignment(logits: Tensor, prompt_ids: Tensor, label_smoothing: float = 0.2,
+                         also_true: Tensor | None = None) -> Tensor:
     """Image–text alignment on the synthetic pairs (GIFT loss 3), unweighted.
 
-    ``L = CE(S, M; ε) + CE(Sᵀ, M; ε)`` with the smoothed soft target ``(1 − ε)·M + ε/B`` and
+    ``L = CE(S, M; ε) + CE(Sᵀ, Mᵀ; ε)`` with the smoothed soft target ``(1 − ε)·M + ε/B`` and
     ``CE(x, q) = mean_i Σ_j −q_ij log_softmax(x)_ij`` (gift.md, "Losses" 3; ε = 0.2, temperature 1).
     ``M`` is :func:`same_prompt_targets`. The caller multiplies by β (0.25 in the spec).
 
     When all prompt ids differ this equals ``F.cross_entropy(S, arange(B), label_smoothing=ε)`` plus
     the same for ``Sᵀ`` (torch smooths hard labels with the same ``ε/B`` rule).
+
+    ``also_true`` (B×B bool, rows = images, columns = texts; not in the spec) adds positives: pairs
+    whose text truthfully describes the image although it is another prompt (the toy world knows
+    them: ``ita_targets: describes``). Each direction's indicator is then row-normalised on its own.
     """
     _check_square("logits", logits)
     B = logits.shape[0]
     if prompt_ids.numel() != B:
         raise ValueError(f"need one prompt id per row: {prompt_ids.numel()} ids for a {B}×{B} matrix")
-    M = same_prompt_targets(prompt_ids.to(logits.device), dtype=_up(logits).dtype)
-    q = (1.0 - label_smoothing) * M + label_smoothing / B
-    return soft_cross_entropy(logits, q) + soft_cross_entropy(logits.t(), q)
+    dtype = _up(logits).dtype
+    if also_true is None:
+        M = same_prompt_targets(prompt_ids.to(logits.device), dtype=dtype)
+        Mt = M  # symmetric indicator, equal row and column counts
+    else:
+        if also_true.shape != (B, B):
+            raise ValueError(f"also_true must be {B}×{B}, got {tuple(also_true.shape)}")
+        ids = prompt_ids.to(logits.device).reshape(-1)
+        eq = ((ids[:, None] == ids[None, :]) | also_true.to(logits.device).bool()).to(dtype)
+        M, Mt = eq / eq.sum(1, keepdim=True), eq.t() / eq.t().sum(1, keepdim=True)
+    q, qt = ((1.0 - label_smoothing) * m + label_smoothing / B for m in (M, Mt))
+    return soft_cross_entropy(logits, q) + soft_cross_entropy(logits.t(), qt)
 
 
 def task_loss(image_features: Tensor, class_text_features: Tensor, labels: Tensor,

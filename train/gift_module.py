@@ -74,14 +74,20 @@ class GIFTTask(pl.LightningModule):
         label_smoothing: task loss and ITA (spec 0.2).
         logit_scale: fixed at 100 (spec).
         ewc_batches: synthetic batches used to estimate the static EWC importance at the task start.
+        ita_targets: ``"same_prompt"`` (spec: ITA's positives are the pairs with the same prompt) or
+            ``"describes"`` (also every other prompt in the batch that truthfully describes the image;
+            needs replay sets that record it, i.e. world-rendered ones; a toy diagnostic, not in the spec).
     """
 
     def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer, class_prompts: list[str],
                  method: str = "gift", lr: float = 1e-5, warmup_steps: int = 100, total_steps: int = 1000,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), temperature: float = 2.0,
                  ita_weight: float = 0.25, awc_lambda: float = 1.0, label_smoothing: float = 0.2,
-                 logit_scale: float = 100.0, ewc_batches: int = 4) -> None:
+                 logit_scale: float = 100.0, ewc_batches: int = 4, ita_targets: str = "same_prompt") -> None:
         super().__init__()
+        if ita_targets not in ("same_prompt", "describes"):
+            raise ValueError(f"ita_targets must be 'same_prompt' or 'describes', got {ita_targets!r}")
+        self.ita_targets = ita_targets
         self.automatic_optimization = False
         self.model = student
         self.teacher = teacher
@@ -121,13 +127,23 @@ class GIFTTask(pl.LightningModule):
             self.log("train/cd", cd.detach())
             loss = loss + cd
         if self.ita or self.consolidation == "ewc":
-            ita = image_text_alignment(student, batch["prompt_id"], self.label_smoothing)
+            ita = image_text_alignment(student, batch["prompt_id"], self.label_smoothing, self._also_true(batch))
             self.log("train/ita", ita.detach())
             if self.ita:
                 loss = loss + self.ita_weight * ita
             elif self.static_importance is None:
                 loss = loss + ita  # only used to estimate the static EWC importance
         return loss
+
+    def _also_true(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """``ita_targets: describes``: ``[i, j]`` = prompt j of the batch truthfully describes image i."""
+        if self.ita_targets != "describes":
+            return None
+        hot = batch.get("replay_describes")
+        if hot is None:
+            raise ValueError("ita_targets='describes' needs replay sets that record which prompts describe each "
+                             "image (world-rendered sets written by this version); this batch has none")
+        return hot.bool()[:, batch["prompt_id"].to(hot.device)]
 
     def _estimate_ewc(self, batch: dict[str, Any]) -> None:
         """Static EWC: importance from the previous model's synthetic-branch gradients at the task start."""

@@ -98,6 +98,10 @@ class VisionZeroSelfPlay(pl.LightningModule):
         gen_batch_size, logprob_micro_batch: split generation / log-prob forwards (None = one batch).
         lr, weight_decay, warmup_ratio, total_steps: AdamW, linear warm-up (10 %) then cosine.
         kl_coef: τ. loss_agg: "seq_mean" | "token_mean" (see :func:`policy_loss`).
+        inactive_kl: NOT in the spec (0 = the paper): also anchor the INACTIVE stage's outputs of the
+            step (the clues while the decision stage trains, the votes while the clue stage trains) to
+            π_ref with this weight × the same k3 KL, no policy-gradient term. For small policies whose
+            clue and vote outputs share most weights (docs/visionzero.md, "stage interference").
         beta, lam: clue-reward weights. rae_alpha: RAE decay (released code: 0.9).
         decision_reward: ``[correct, abstain, wrong]`` (spec: 1, −0.5, −1).
         decision: ``"civilians"`` (paper) or ``"observer"`` (released code: one observer prompt sampled
@@ -120,7 +124,8 @@ class VisionZeroSelfPlay(pl.LightningModule):
                  fixed_length: bool = False, synced_gpus: bool | None = None, gen_batch_size: int | None = None,
                  logprob_micro_batch: int | None = None, lr: float = 1e-5, weight_decay: float = 0.0,
                  warmup_ratio: float = 0.1, total_steps: int | None = None, kl_coef: float = KL_COEF,
-                 loss_agg: str = "seq_mean", beta: float = BETA, lam: float = LAMBDA, rae_alpha: float = RAE_ALPHA,
+                 loss_agg: str = "seq_mean", inactive_kl: float = 0.0, beta: float = BETA, lam: float = LAMBDA,
+                 rae_alpha: float = RAE_ALPHA,
                  decision_reward: tuple[float, float, float] = (DECISION_REWARDS["correct"],
                                                                 DECISION_REWARDS["abstain"],
                                                                 DECISION_REWARDS["wrong"]),
@@ -317,6 +322,15 @@ class VisionZeroSelfPlay(pl.LightningModule):
         ref_logp = self.ref_logprobs(gens)
         a_t = torch.tensor(a, dtype=logp.dtype, device=logp.device)
         loss, parts = policy_loss(logp, ref_logp, mask, a_t, hp.kl_coef, hp.loss_agg)
+        if hp.inactive_kl > 0:  # off-spec anchor of the other stage's outputs (see the class docstring)
+            other = ([gen for r in records for gen in r.vote_generations] if phase == "clue"
+                     else [pt.generation for r in records for pt in r.turns])
+            if other:
+                lp_o, m_o = self.policy.logprobs(other, micro_batch=hp.logprob_micro_batch)
+                no_adv = torch.zeros(len(other), dtype=lp_o.dtype, device=lp_o.device)
+                anchor, kl_parts = policy_loss(lp_o, self.ref_logprobs(other), m_o, no_adv, hp.inactive_kl, hp.loss_agg)
+                loss = loss + anchor
+                parts["kl_inactive"] = kl_parts["kl"]
 
         # statistics pooled over ranks (the phase controller must be identical everywhere)
         n_votes = sum(len(r.votes) for r in records)
@@ -345,7 +359,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
             "phase/acc_ema": self.phase_ctl.history[-1]["acc_ema"], "phase/na_ema": self.phase_ctl.history[-1]["na_ema"],
             "adv/zero_var_frac_decision": z_dec / max(ng, 1), "adv/zero_var_frac_clue": z_clue / max(ng, 1),
             "adv/mean_abs": float(a_t.abs().mean()) if len(a) else 0.0,
-            "loss/pg": parts["pg"], "loss/kl": parts["kl"],
+            "loss/pg": parts["pg"], "loss/kl": parts["kl"], "loss/kl_inactive": parts.get("kl_inactive", 0.0),
             "perf/tokens_per_s": tok / max(rs / max(self._world(), 1), 1e-9),
             "perf/rollout_s": timing["rollout_s"], "perf/gen_tokens": timing["tokens"],
         }

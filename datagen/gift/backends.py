@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from datagen.world import get_task_family, render_scene, sample_scene
+from datagen.world.scene import Scene
 
 from .prompts import world_prompt_spec
 
@@ -62,6 +63,7 @@ class WorldT2I(TextToImage):
     """The world renderer as a text-to-image model for world prompts (toy runs and tests).
 
     Base prompts ("a photo of a red cube.") -> one object with the named attributes, the others random;
+    two-object prompts ("a photo of a red cube and a blue sphere.") -> those two objects;
     task-family prompts (any template of a registered family with one of its class names) ->
     ``family.render_label(rng, label, image_size, "train")`` (digits prompts give a digit image).
     Image ``k`` depends only on ``(prompt, seeds[k], image_size)``. Unknown prompt -> ValueError.
@@ -73,7 +75,8 @@ class WorldT2I(TextToImage):
         self.image_size = int(image_size)
 
     def config(self) -> dict[str, Any]:
-        return {"backend": self.name, "image_size": self.image_size}
+        # "describes": sets written since items record which pool prompts describe them (a new content hash)
+        return {"backend": self.name, "image_size": self.image_size, "describes": True}
 
     def render(self, prompt: str, seed: int) -> tuple[Image.Image, dict]:
         """One image of ``prompt`` and a JSON-able description (``{"scene": ...}`` or ``{"family", "label"}``)."""
@@ -83,17 +86,26 @@ class WorldT2I(TextToImage):
         rng = np.random.default_rng(np.random.SeedSequence([int(seed) & (2**64 - 1)]))
         if spec["kind"] == "family":
             fam = get_task_family(spec["family"])
-            image = fam.render_label(rng, spec["label"], self.image_size, "train")
-            return image, {"family": spec["family"], "label": spec["label"]}
+            image, meta = fam.render_label_with_meta(rng, spec["label"], self.image_size, "train")
+            return image, {"family": spec["family"], "label": spec["label"], **meta}
+        if spec["kind"] == "objects":  # a random layout of len(objects) objects, then the named attributes
+            scene = sample_scene(rng, len(spec["objects"]))
+            scene = Scene(tuple(o.replace(**want) for o, want in zip(scene.objects, spec["objects"])))
+            return render_scene(scene, self.image_size, rng), {"scene": scene.to_dict()}
         # sample_scene filters by plural attribute names; unnamed attributes keep their full value range
         filters = {a + "s": (v,) for a, v in spec["attrs"].items()}
         scene = sample_scene(rng, 1, **filters)
         return render_scene(scene, self.image_size, rng), {"scene": scene.to_dict()}
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image | None]:
+    def generate_with_meta(self, prompts: list[str], seeds: list[int]) -> tuple[list[Image.Image], list[dict]]:
+        """:meth:`generate` plus what each image shows (see :meth:`render`)."""
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        return [self.render(p, s)[0] for p, s in zip(prompts, seeds)]
+        out = [self.render(p, s) for p, s in zip(prompts, seeds)]
+        return [im for im, _ in out], [m for _, m in out]
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image | None]:
+        return self.generate_with_meta(prompts, seeds)[0]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from datagen.world import TASK_FAMILIES, TaskFamily, object_phrase
-from datagen.world.scene import ATTRIBUTE_VALUES
+from datagen.world.scene import ATTRIBUTE_VALUES, Scene
+from datagen.world.tasks import scene_classname
 
 IMAGENET_TEMPLATE = "a photo of a {}."
 WORLD_TEMPLATE = "a photo of {}."  # filled with object_phrase(..., det="a"): the article follows the phrase
@@ -70,6 +71,18 @@ def _world_base() -> tuple[tuple[str, dict], ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1)
+def _world_pairs() -> tuple[tuple[str, dict], ...]:
+    """Two-object prompts in the pre-training captions' pair wording: "a photo of a red cube and a blue
+    sphere." -- every unordered pair of distinct (colour, shape) objects (276)."""
+    objs = [{"color": c, "shape": s} for c in ATTRIBUTE_VALUES["color"] for s in ATTRIBUTE_VALUES["shape"]]
+    out = []
+    for a, b in itertools.combinations(objs, 2):
+        phrases = [object_phrase(o, ("color", "shape"), det="a") for o in (a, b)]
+        out.append((WORLD_TEMPLATE.format(" and ".join(phrases)), {"kind": "objects", "objects": [a, b]}))
+    return tuple(out)
+
+
 def world_base_prompts() -> list[str]:
     """The toy "pre-training" prompts (240): one object, its shape and 1-3 of size/color/material named.
 
@@ -96,9 +109,36 @@ def _world_specs() -> dict[str, dict]:
         for label in range(fam.n_classes):
             for p in fam.prompts(label):
                 specs.setdefault(p, {"kind": "family", "family": name, "label": label})
-    for p, spec in _world_base():
+    for p, spec in _world_base() + _world_pairs():
         specs.setdefault(p, spec)
     return specs
+
+
+def world_prompt_describes(spec: dict, image: dict) -> bool:
+    """Whether a world prompt (its :func:`world_prompt_spec`) truthfully describes a rendered image.
+
+    ``image`` is what :meth:`datagen.gift.backends.WorldT2I.render` says it drew: ``{"scene": ...}``
+    and/or ``{"family": ..., "label": ...}``. An object prompt describes a one-object scene whose
+    object has every named attribute; a task-family prompt describes a scene that the family would
+    label with that class (:func:`datagen.world.tasks.scene_classname`), or a digit of that label.
+    Used for the toy's truth-aware ITA targets (``ita_targets: describes``).
+    """
+    kind = spec.get("kind")
+    scene = Scene.from_dict(image["scene"]) if "scene" in image else None
+    if kind == "object":
+        return (scene is not None and len(scene.objects) == 1
+                and all(getattr(scene.objects[0], a) == v for a, v in spec["attrs"].items()))
+    if kind == "objects":  # exactly these objects, in either order
+        if scene is None or len(scene.objects) != len(spec["objects"]):
+            return False
+        return any(all(all(getattr(o, a) == v for a, v in want.items()) for o, want in zip(perm, spec["objects"]))
+                   for perm in itertools.permutations(scene.objects))
+    if kind == "family":
+        fam = TASK_FAMILIES[spec["family"]]
+        if spec["family"] == "digits":
+            return image.get("family") == "digits" and image.get("label") == spec["label"]
+        return scene is not None and scene_classname(fam, scene) == fam.classnames[spec["label"]]
+    return False
 
 
 @dataclass(frozen=True)
@@ -161,6 +201,11 @@ class PromptPool:
                           ensure_ascii=False).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()
 
+    def describing(self, image: dict, exclude: int | None = None) -> list[int]:
+        """Ids of the world prompts of this pool that truthfully describe ``image`` (a
+        :meth:`WorldT2I.render` description), ``exclude`` (the image's own prompt id) left out."""
+        return [j for j, spec in enumerate(self.specs) if j != exclude and world_prompt_describes(spec, image)]
+
     def counts(self) -> dict[str, int]:
         """Number of prompts per source (``base``, ``task0``, ...), for logs."""
         out: dict[str, int] = {}
@@ -193,7 +238,8 @@ def build_pool(base: str | Sequence[str], previous_tasks: Sequence[TaskSpec] = (
 
     ``base``: ``"imagenet"`` ("a photo of a {c}." for the 1000 ImageNet names), ``"world"``
     (:func:`world_base_prompts`), ``"world_full"`` (the 96 of those that name all four attributes:
-    mutually exclusive, as ImageNet's classes are) or an explicit list of prompts. ``previous_tasks``: the tasks *before*
+    mutually exclusive, as ImageNet's classes are), ``"world_scenes"`` (``world`` plus 276 two-object
+    prompts, "a photo of a red cube and a blue sphere.") or an explicit list of prompts. ``previous_tasks``: the tasks *before*
     t, each ``(classnames, first_template)`` or a :class:`TaskFamily`; the caller leaves task t out,
     which is what keeps the current task's classes out of its pool. Order: base, then tasks in order;
     a prompt already in the pool keeps its first id.
@@ -207,8 +253,11 @@ def build_pool(base: str | Sequence[str], previous_tasks: Sequence[TaskSpec] = (
             entries += [(p, spec, "base") for p, spec in _world_base()]
         elif base == "world_full":  # every attribute named: no prompt describes another prompt's image
             entries += [(p, spec, "base") for p, spec in _world_base() if len(spec["attrs"]) == len(ATTRIBUTE_VALUES)]
+        elif base == "world_scenes":  # the single-object prompts plus two-object scenes
+            entries += [(p, spec, "base") for p, spec in _world_base() + _world_pairs()]
         else:
-            raise ValueError(f"base must be 'imagenet', 'world', 'world_full' or a list of prompts, got {base!r}")
+            raise ValueError(f"base must be 'imagenet', 'world', 'world_full', 'world_scenes' or a list of prompts, "
+                             f"got {base!r}")
     else:
         entries += [(str(p), _spec_for(str(p), {"kind": "text"}), "base") for p in base]
     for k, task in enumerate(previous_tasks):

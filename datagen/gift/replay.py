@@ -14,7 +14,9 @@ same whatever the world size (only the part layout differs, which is why parts a
 size: a partial set from another world size is simply ignored, never mixed in).
 
 Each shard sample: ``__key__`` = f"{i:06d}", ``image`` (png), ``txt`` = the prompt, ``json`` =
-``{"prompt_id", "prompt", "index", "backend", "seed"}``. Dropped images (None or all black) are not
+``{"prompt_id", "prompt", "index", "backend", "seed"}``, plus ``"describes"`` (the ids of the other pool
+prompts that truthfully describe the image) where the backend knows what it drew (the world renderer:
+``generate_with_meta``). Dropped images (None or all black) are not
 written; they are counted in the part manifest's meta (``dropped``, ``dropped_indices``) and in COMPLETE.
 """
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -204,20 +207,24 @@ def _generate_part(pool: PromptPool, n: int, seed: int, epoch: int, backend: Tex
         try:
             for lo in range(0, len(todo), batch_size):
                 idx = todo[lo:lo + batch_size]
-                images = backend.generate([draws[i][1] for i in idx], [item_seed(seed, i, epoch) for i in idx])
+                prompts, seeds = [draws[i][1] for i in idx], [item_seed(seed, i, epoch) for i in idx]
+                with_meta = getattr(backend, "generate_with_meta", None)
+                images, metas = with_meta(prompts, seeds) if with_meta else (backend.generate(prompts, seeds), None)
                 if len(images) != len(idx):
                     raise RuntimeError(f"{type(backend).__name__}.generate returned {len(images)} images for "
                                        f"{len(idx)} prompts")
-                for i, img in zip(idx, images):
+                for k, (i, img) in enumerate(zip(idx, images)):
                     made += 1
                     if img is None or is_black(img):
                         dropped.append(i)
                         meta["dropped"] = len(dropped)
                         continue
                     pid, prompt = draws[i]
-                    yield {"__key__": f"{i:06d}", "image": img.convert("RGB"), "txt": prompt,
-                           "json": {"prompt_id": pid, "prompt": prompt, "index": i, "backend": backend.name,
-                                    "seed": item_seed(seed, i, epoch)}}
+                    info = {"prompt_id": pid, "prompt": prompt, "index": i, "backend": backend.name,
+                            "seed": item_seed(seed, i, epoch)}
+                    if metas is not None:  # the world renderer knows what it drew: which other prompts are true
+                        info["describes"] = pool.describing(metas[k], exclude=pid)
+                    yield {"__key__": f"{i:06d}", "image": img.convert("RGB"), "txt": prompt, "json": info}
                 bar.update(len(idx))
                 if made >= next_log or made == len(todo):
                     rate = made / max(time.perf_counter() - t0, 1e-9)
@@ -244,7 +251,8 @@ class ReplayDataset(Dataset):
     """Map-style dataset over a finished replay set, items in index order, all held in memory.
 
     ``__getitem__`` -> ``{"image": transform(PIL image) (the PIL image without transform), "prompt_id":
-    int, "txt": str}``. Use the CLIP *evaluation* transform: the spec gives synthetic images no
+    int, "txt": str}``, plus ``"describes"`` (a bool multi-hot over the pool's prompt ids) for sets that
+    record it. Use the CLIP *evaluation* transform: the spec gives synthetic images no
     augmentation. ``resize`` (shorter side, bicubic) shrinks images once at load -- pass the transform's
     own input size to keep 1000 SD images at 224 px (150 MB) instead of 512 px (790 MB) in memory.
     """
@@ -267,7 +275,8 @@ class ReplayDataset(Dataset):
                     w, h = img.size
                     scale = resize / min(w, h)
                     img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
-                rows.append((int(s["json"]["index"]), int(s["json"]["prompt_id"]), s["txt"], np.asarray(img)))
+                rows.append((int(s["json"]["index"]), int(s["json"]["prompt_id"]), s["txt"], np.asarray(img),
+                             s["json"].get("describes")))
         rows.sort(key=lambda r: r[0])
         if len(rows) != self.info["total"]:
             log.warning("replay set %s: read %d items, manifests say %d (damaged shards?)", self.set_dir,
@@ -278,6 +287,9 @@ class ReplayDataset(Dataset):
         self.prompt_ids = [r[1] for r in rows]
         self.texts = [r[2] for r in rows]
         self._images = [r[3] for r in rows]
+        # which other pool prompts describe each image (world-rendered sets only; None otherwise)
+        self.describes = [r[4] for r in rows] if all(r[4] is not None for r in rows) else None
+        self.pool_size = int(json.loads((self.set_dir / SET_INFO_NAME).read_text(encoding="utf-8"))["pool"]["size"])
 
     @property
     def dropped(self) -> int:
@@ -289,5 +301,10 @@ class ReplayDataset(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         img = Image.fromarray(self._images[k])
-        return {"image": self.transform(img) if self.transform is not None else img,
-                "prompt_id": self.prompt_ids[k], "txt": self.texts[k]}
+        out = {"image": self.transform(img) if self.transform is not None else img,
+               "prompt_id": self.prompt_ids[k], "txt": self.texts[k]}
+        if self.describes is not None:  # multi-hot over the pool: collates to (B, pool size)
+            hot = torch.zeros(self.pool_size, dtype=torch.bool)
+            hot[self.describes[k]] = True
+            out["describes"] = hot
+        return out

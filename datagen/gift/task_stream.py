@@ -40,7 +40,8 @@ class ReplayCycle:
 
 
 class ContinualStream(SampleGenerator):
-    """``{"image", "label"}`` from the task source, plus ``{"replay_image", "prompt_id", "replay_txt"}``.
+    """``{"image", "label"}`` from the task source, plus ``{"replay_image", "prompt_id", "replay_txt"}``
+    (and ``"replay_describes"``, a multi-hot over the pool, when the replay set records it).
 
     Args:
         task: a generator of labelled task samples (``{"image": PIL, "label": int, ...}``), e.g.
@@ -66,6 +67,8 @@ class ContinualStream(SampleGenerator):
             which, k = self.cycle.item(index)
             item = self.cycle.replays[which][k]
             out.update(replay_image=item["image"], prompt_id=int(item["prompt_id"]), replay_txt=item["txt"])
+            if "describes" in item:
+                out["replay_describes"] = item["describes"]
         return out
 
 
@@ -81,4 +84,6 @@ class ContinualTransform:
         if "replay_image" in sample:
             out.update(replay_image=self.preprocess(sample["replay_image"]), prompt_id=sample["prompt_id"],
                        replay_txt=sample["replay_txt"])
+            if "replay_describes" in sample:
+                out["replay_describes"] = sample["replay_describes"]
         return out

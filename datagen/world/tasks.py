@@ -95,9 +95,15 @@ class TaskFamily:
                      item: int | None = None) -> Image.Image:
         """An image of class ``label``. ``item`` picks the item-th example deterministically where the
         family has a finite pool (digits); world families ignore it."""
+        return self.render_label_with_meta(rng, label, image_size, split, item)[0]
+
+    def render_label_with_meta(self, rng: np.random.Generator, label: int, image_size: int = 64,
+                               split: str = "train", item: int | None = None) -> tuple[Image.Image, dict]:
+        """Like :meth:`render_label` (the same image for the same arguments), plus a JSON-able
+        description: ``{"scene": ...}`` for world families, ``{"digit_index": ...}`` for digits."""
         if not 0 <= label < self.n_classes:
             raise ValueError(f"{self.name}: label {label} outside 0..{self.n_classes - 1}")
-        return self._render(split_rng(rng, split), int(label), check_size(image_size), split, item)[0]
+        return self._render(split_rng(rng, split), int(label), check_size(image_size), split, item)
 
     def _render(self, rng: np.random.Generator, label: int, size: int, split: str,
                 item: int | None) -> tuple[Image.Image, dict]:
