@@ -149,8 +149,20 @@ def test_inactive_stage_anchor_is_off_by_default_and_measured_when_on(tiny_polic
         metrics[coef] = float(trainer.callback_metrics["loss/kl_inactive"])
         assert {h["phase"] for h in m.phase_ctl.history} == {"decision"}
     assert metrics[0.0] == 0.0
-    # the clues (not trained in the decision stage) differ from π_ref's: the anchor measures it
+    # the anchor is the policy as the phase began: zero at the phase's first step, then the clues (not
+    # trained in the decision stage) drift with the decision updates and the anchor measures it
     assert metrics[1.0] > 0.0
+    phase, snap = m._anchor
+    assert phase == "decision" and not any(q.requires_grad for q in snap.parameters())
+    assert not any(k.startswith("_anchor") for k in m.state_dict())  # not a submodule: no checkpoint/optimizer entry
+    ck = {}
+    m.on_save_checkpoint(ck)
+    assert ck["visionzero"]["anchor"]["phase"] == "decision"
+    m2 = _module(tiny_policy_dir, inactive_kl=1.0)
+    m2.configure_model()
+    m2.on_load_checkpoint(ck)
+    restored = m2.phase_anchor("decision")  # resumed mid-phase: the saved snapshot, not the current policy
+    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), snap.state_dict().values()))
 
 
 def test_rae_in_global_game_order_and_transcripts(tiny_policy_dir, tmp_path):

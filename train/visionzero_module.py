@@ -99,9 +99,11 @@ class VisionZeroSelfPlay(pl.LightningModule):
         lr, weight_decay, warmup_ratio, total_steps: AdamW, linear warm-up (10 %) then cosine.
         kl_coef: τ. loss_agg: "seq_mean" | "token_mean" (see :func:`policy_loss`).
         inactive_kl: NOT in the spec (0 = the paper): also anchor the INACTIVE stage's outputs of the
-            step (the clues while the decision stage trains, the votes while the clue stage trains) to
-            π_ref with this weight × the same k3 KL, no policy-gradient term. For small policies whose
-            clue and vote outputs share most weights (docs/visionzero.md, "stage interference").
+            step (the clues while the decision stage trains, the votes while the clue stage trains) with
+            this weight × the same k3 KL, no policy-gradient term, to a frozen snapshot of the policy
+            taken when the current phase began (so the anchor keeps the other stage where it was and
+            never pulls it back to π_ref). For small policies whose clue and vote outputs share most
+            weights (docs/visionzero.md, "stage interference"). Not under DeepSpeed.
         beta, lam: clue-reward weights. rae_alpha: RAE decay (released code: 0.9).
         decision_reward: ``[correct, abstain, wrong]`` (spec: 1, −0.5, −1).
         decision: ``"civilians"`` (paper) or ``"observer"`` (released code: one observer prompt sampled
@@ -148,6 +150,9 @@ class VisionZeroSelfPlay(pl.LightningModule):
         self.phase_ctl = PhaseController(**(phase or {}))
         self.vlm: torch.nn.Module | None = None
         self.ref: torch.nn.Module | None = None
+        # inactive_kl: (phase, frozen snapshot) -- kept out of the module tree (no state_dict/optimizer entry)
+        object.__setattr__(self, "_anchor", None)
+        object.__setattr__(self, "_anchor_pending", None)
         self.policy = None
         self._transcript_file: Path | None = None
 
@@ -327,8 +332,11 @@ class VisionZeroSelfPlay(pl.LightningModule):
                      else [pt.generation for r in records for pt in r.turns])
             if other:
                 lp_o, m_o = self.policy.logprobs(other, micro_batch=hp.logprob_micro_batch)
+                with torch.no_grad():
+                    anchor_lp = self.policy.logprobs(other, model=self.phase_anchor(phase),
+                                                     micro_batch=hp.logprob_micro_batch)[0]
                 no_adv = torch.zeros(len(other), dtype=lp_o.dtype, device=lp_o.device)
-                anchor, kl_parts = policy_loss(lp_o, self.ref_logprobs(other), m_o, no_adv, hp.inactive_kl, hp.loss_agg)
+                anchor, kl_parts = policy_loss(lp_o, anchor_lp, m_o, no_adv, hp.inactive_kl, hp.loss_agg)
                 loss = loss + anchor
                 parts["kl_inactive"] = kl_parts["kl"]
 
@@ -377,6 +385,21 @@ class VisionZeroSelfPlay(pl.LightningModule):
                 f.write(json.dumps(entry) + "\n")
         return loss
 
+    def phase_anchor(self, phase: str) -> torch.nn.Module:
+        """The frozen snapshot of the policy taken when ``phase`` began (``inactive_kl``)."""
+        import copy
+
+        if self._anchor is None or self._anchor[0] != phase:
+            if self._trainer is not None and is_deepspeed(self.trainer.strategy):
+                raise ValueError("inactive_kl needs a copy of the policy: not supported under DeepSpeed")
+            snap = copy.deepcopy(self.vlm).requires_grad_(False).eval()
+            pending = self._anchor_pending
+            if pending is not None and pending["phase"] == phase:  # resumed mid-phase: that phase's snapshot
+                snap.load_state_dict(pending["state_dict"])
+            object.__setattr__(self, "_anchor", (phase, snap))
+            object.__setattr__(self, "_anchor_pending", None)
+        return self._anchor[1]
+
     def _maybe_log_transcripts(self, records: list[GameRecord], phase: str, next_phase: str) -> None:
         hp = self.hparams
         step = self.global_step
@@ -410,6 +433,8 @@ class VisionZeroSelfPlay(pl.LightningModule):
     # -- state ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["visionzero"] = {"rae": self.rae.state_dict(), "phase": self.phase_ctl.state_dict()}
+        if self._anchor is not None:
+            checkpoint["visionzero"]["anchor"] = {"phase": self._anchor[0], "state_dict": self._anchor[1].state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("visionzero")
@@ -418,6 +443,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
             return
         self.rae.load_state_dict(state["rae"])
         self.phase_ctl.load_state_dict(state["phase"])
+        object.__setattr__(self, "_anchor_pending", state.get("anchor"))
 
     def state_dict(self, *args, **kwargs):
         sd = super().state_dict(*args, **kwargs)
