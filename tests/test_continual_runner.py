@@ -29,6 +29,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     assert a.shape == (2, 2) and not np.isnan(a).any()
     for f in ("accuracy_matrix.csv", "accuracy_matrix.png", "zeroshot.json", "task00-shape/model.pt"):
         assert (full / f).exists(), f
+    assert not (full / "task00-shape" / "checkpoints").exists()  # a finished task keeps model.pt only
 
     # crash in the middle of task 1 (after its step-2 checkpoint), then restart with the same call
     class Crash(DataMonitor):

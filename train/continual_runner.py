@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,7 @@ def continual(
     folder_root: str | None = None,
     num_workers: int = 0,
     checkpoint_every: int = 50,
+    keep_task_checkpoints: bool = False,
     accelerator: str = "cpu",
     devices: int = 1,
     strategy: str = "auto",
@@ -141,6 +143,8 @@ def continual(
         replay_backend: {"backend": "world", "image_size": 32} or {"backend": "diffusers", "model": <path>, ...}.
         replay_cache: where content-hashed replay sets live (shared across runs).
         regenerate_each_epoch: a fresh replay set per pass over it (not in the reference runs).
+        checkpoint_every, keep_task_checkpoints: Lightning checkpoints within a task (for a resume
+            mid-task); they are deleted once the task is finished and its ``model.pt`` written, unless kept.
         max_tasks: stop after this many tasks (the run stays resumable; for tests and kill/resume checks).
         strategy: ddp (or auto); DeepSpeed strategies are refused (see ``GIFTTask.setup``).
         collective_timeout: seconds a rank waits for a dead or stuck peer (default
@@ -240,6 +244,8 @@ def continual(
             matrix.to_csv(out / "accuracy_matrix.csv")
             matrix.heatmap_png(out / "accuracy_matrix.png", title=f"{method}: accuracy matrix")
             _atomic_json(state_path, {"done": t + 1, "tasks": names, "method": method})
+            if not keep_task_checkpoints:  # the task is recorded as done: resume starts from model.pt now
+                shutil.rmtree(task_dir / "checkpoints", ignore_errors=True)
             print(f"\nafter task {t} ({src.name}): " + ", ".join(f"{k} {v:.1f}" for k, v in accs.items()))
         state["done"] = t + 1
     if matrix.rows_done == len(names):
