@@ -72,7 +72,8 @@ class GIFTTask(pl.LightningModule):
         ita_weight: beta (spec 0.25).
         awc_lambda: lambda (spec 1).
         label_smoothing: task loss and ITA (spec 0.2).
-        logit_scale: fixed at 100 (spec).
+        logit_scale: the fixed CLIP temperature of every loss (spec: 100, OpenAI CLIP's own learned value;
+            the continual runner's ``logit_scale: model`` passes the starting checkpoint's value instead).
         ewc_batches: synthetic batches used to estimate the static EWC importance at the task start.
         ita_targets: ``"same_prompt"`` (spec: ITA's positives are the pairs with the same prompt) or
             ``"describes"`` (also every other prompt in the batch that truthfully describes the image;
