@@ -25,6 +25,7 @@ RAE baselines and the phase controller are saved in the Lightning checkpoint
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -387,8 +388,6 @@ class VisionZeroSelfPlay(pl.LightningModule):
 
     def phase_anchor(self, phase: str) -> torch.nn.Module:
         """The frozen snapshot of the policy taken when ``phase`` began (``inactive_kl``)."""
-        import copy
-
         if self._anchor is None or self._anchor[0] != phase:
             if self._trainer is not None and is_deepspeed(self.trainer.strategy):
                 raise ValueError("inactive_kl needs a copy of the policy: not supported under DeepSpeed")
