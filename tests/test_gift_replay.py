@@ -305,8 +305,9 @@ def test_replay_set_records_which_prompts_describe_each_image(tmp_path):
     pool = build_pool("world_full", [TASK_FAMILIES["shape"], TASK_FAMILIES["count"]])
     backend = WorldT2I(32)
     d = make_replay_set(pool, 40, 3, backend, tmp_path, progress=False)
-    ds = ReplayDataset(d)
+    ds = ReplayDataset(d, describes=True)
     assert ds.pool_size == len(pool) and ds.describes is not None
+    assert "describes" not in ReplayDataset(d)[0]  # the multi-hot only when asked for
     for k in range(len(ds)):
         pid = ds.prompt_ids[k]
         _, meta = backend.render(pool[pid], ds_seed(d, k))

@@ -213,7 +213,7 @@ def continual(
                 set_dir = make_replay_set(pool, replay_size, seed + t, backend, replay_cache, rank=rank,
                                           world_size=world, epoch=epoch)
                 wait_complete(set_dir)
-                replay.append(ReplayDataset(set_dir))
+                replay.append(ReplayDataset(set_dir, describes=ita_targets == "describes"))
             log.info("task %d (%s): %d replay set(s) like %s, %d images (%d dropped), pool of %d prompts", t,
                      src.name, len(replay), set_dir.name, len(replay[0]), replay[0].dropped, len(pool))
         module = GIFTTask(model, teacher, tokenizer, src.first_template_prompts, method=method,

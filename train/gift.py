@@ -135,16 +135,14 @@ def image_text_alignment(logits: Tensor, prompt_ids: Tensor, label_smoothing: fl
     B = logits.shape[0]
     if prompt_ids.numel() != B:
         raise ValueError(f"need one prompt id per row: {prompt_ids.numel()} ids for a {B}×{B} matrix")
-    dtype = _up(logits).dtype
-    if also_true is None:
-        M = same_prompt_targets(prompt_ids.to(logits.device), dtype=dtype)
-        Mt = M  # symmetric indicator, equal row and column counts
-    else:
+    ids = prompt_ids.to(logits.device).reshape(-1)
+    eq = ids[:, None] == ids[None, :]
+    if also_true is not None:
         if also_true.shape != (B, B):
             raise ValueError(f"also_true must be {B}×{B}, got {tuple(also_true.shape)}")
-        ids = prompt_ids.to(logits.device).reshape(-1)
-        eq = ((ids[:, None] == ids[None, :]) | also_true.to(logits.device).bool()).to(dtype)
-        M, Mt = eq / eq.sum(1, keepdim=True), eq.t() / eq.t().sum(1, keepdim=True)
+        eq = eq | also_true.to(logits.device).bool()
+    eq = eq.to(_up(logits).dtype)
+    M, Mt = eq / eq.sum(1, keepdim=True), eq.t() / eq.t().sum(1, keepdim=True)  # Mt = M for same-prompt only
     q, qt = ((1.0 - label_smoothing) * m + label_smoothing / B for m in (M, Mt))
     return soft_cross_entropy(logits, q) + soft_cross_entropy(logits.t(), qt)
 

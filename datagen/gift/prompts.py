@@ -123,8 +123,11 @@ def world_prompt_describes(spec: dict, image: dict) -> bool:
     label with that class (:func:`datagen.world.tasks.scene_classname`), or a digit of that label.
     Used for the toy's truth-aware ITA targets (``ita_targets: describes``).
     """
+    return _describes(spec, image, Scene.from_dict(image["scene"]) if "scene" in image else None)
+
+
+def _describes(spec: dict, image: dict, scene: Scene | None) -> bool:
     kind = spec.get("kind")
-    scene = Scene.from_dict(image["scene"]) if "scene" in image else None
     if kind == "object":
         return (scene is not None and len(scene.objects) == 1
                 and all(getattr(scene.objects[0], a) == v for a, v in spec["attrs"].items()))
@@ -204,7 +207,8 @@ class PromptPool:
     def describing(self, image: dict, exclude: int | None = None) -> list[int]:
         """Ids of the world prompts of this pool that truthfully describe ``image`` (a
         :meth:`WorldT2I.render` description), ``exclude`` (the image's own prompt id) left out."""
-        return [j for j, spec in enumerate(self.specs) if j != exclude and world_prompt_describes(spec, image)]
+        scene = Scene.from_dict(image["scene"]) if "scene" in image else None  # parsed once for every prompt
+        return [j for j, spec in enumerate(self.specs) if j != exclude and _describes(spec, image, scene)]
 
     def counts(self) -> dict[str, int]:
         """Number of prompts per source (``base``, ``task0``, ...), for logs."""

@@ -204,11 +204,11 @@ def _generate_part(pool: PromptPool, n: int, seed: int, epoch: int, backend: Tex
         bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True,
                    desc=f"replay {part_dir.name}")
         t0, made, next_log = time.perf_counter(), 0, max(1, len(todo) // 10)
+        with_meta = getattr(backend, "generate_with_meta", None)  # backends that know what they drew
         try:
             for lo in range(0, len(todo), batch_size):
                 idx = todo[lo:lo + batch_size]
                 prompts, seeds = [draws[i][1] for i in idx], [item_seed(seed, i, epoch) for i in idx]
-                with_meta = getattr(backend, "generate_with_meta", None)
                 images, metas = with_meta(prompts, seeds) if with_meta else (backend.generate(prompts, seeds), None)
                 if len(images) != len(idx):
                     raise RuntimeError(f"{type(backend).__name__}.generate returned {len(images)} images for "
@@ -251,14 +251,14 @@ class ReplayDataset(Dataset):
     """Map-style dataset over a finished replay set, items in index order, all held in memory.
 
     ``__getitem__`` -> ``{"image": transform(PIL image) (the PIL image without transform), "prompt_id":
-    int, "txt": str}``, plus ``"describes"`` (a bool multi-hot over the pool's prompt ids) for sets that
-    record it. Use the CLIP *evaluation* transform: the spec gives synthetic images no
+    int, "txt": str}``, plus ``"describes"`` (a bool multi-hot over the pool's prompt ids) when
+    ``describes=True`` (the set must record it: world-rendered sets). Use the CLIP *evaluation* transform: the spec gives synthetic images no
     augmentation. ``resize`` (shorter side, bicubic) shrinks images once at load -- pass the transform's
     own input size to keep 1000 SD images at 224 px (150 MB) instead of 512 px (790 MB) in memory.
     """
 
     def __init__(self, set_dir: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
-                 resize: int | None = None) -> None:
+                 resize: int | None = None, describes: bool = False) -> None:
         self.set_dir = Path(set_dir)
         if not is_complete(self.set_dir):
             raise FileNotFoundError(f"{self.set_dir} is not a complete replay set (no {COMPLETE_NAME} marker or a "
@@ -290,6 +290,11 @@ class ReplayDataset(Dataset):
         # which other pool prompts describe each image (world-rendered sets only; None otherwise)
         self.describes = [r[4] for r in rows] if all(r[4] is not None for r in rows) else None
         self.pool_size = int(json.loads((self.set_dir / SET_INFO_NAME).read_text(encoding="utf-8"))["pool"]["size"])
+        if describes and self.describes is None:
+            raise ValueError(f"replay set {self.set_dir} does not record which prompts describe each image "
+                             f"(only world-rendered sets written by this version do); it cannot serve ita_targets="
+                             f"'describes'")
+        self.with_describes = describes
 
     @property
     def dropped(self) -> int:
@@ -303,7 +308,7 @@ class ReplayDataset(Dataset):
         img = Image.fromarray(self._images[k])
         out = {"image": self.transform(img) if self.transform is not None else img,
                "prompt_id": self.prompt_ids[k], "txt": self.texts[k]}
-        if self.describes is not None:  # multi-hot over the pool: collates to (B, pool size)
+        if self.with_describes:  # multi-hot over the pool: collates to (B, pool size)
             hot = torch.zeros(self.pool_size, dtype=torch.bool)
             hot[self.describes[k]] = True
             out["describes"] = hot
