@@ -171,6 +171,9 @@ def continual(
     logit_scale_is_fixed(model, float(logit_scale))
     sources = [TaskSource(t, bundle.image_size, folder_root) for t in tasks]
     names = [s.name for s in sources]
+    if unknown := sorted(set(task_lr) - set(names)):
+        raise ValueError(f"task_lr names {unknown}, which are not tasks of this sequence {names}: "
+                         "fix the task names in task_lr")
     eval_sets = [s.eval_set(preprocess, bundle.image_size, eval_per_class, eval_seed) for s in sources]
 
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if accelerator in ("gpu", "cuda")
