@@ -3,16 +3,21 @@
     python bench/gift_toy.py                                   # order I, all methods
     python bench/gift_toy.py --config configs/gift/toy_order2.yaml --methods finetune gift
     python bench/gift_toy.py --methods cd cd_ita gift --set ita_targets=describes --root runs/gift-toy-describes
+    python bench/gift_toy.py --seeds 42 7 3 --root runs/gift-toy-seeds       # mean +- sd over training seeds
 
-Each method runs ``synthloop continual`` with the config (only ``method`` and ``out_dir`` change) and is
-resumable; finished runs are read back, not re-run. Prints Transfer / Avg / Last / BWT per method
-(plus the starting model's zero-shot row) and writes ``<root>/summary.{md,json}``.
+Each method runs ``synthloop continual`` with the config (only ``method``, ``out_dir`` and, with
+``--seeds``, ``seed`` change) and is resumable; finished runs are read back, not re-run. Prints
+Transfer / Avg / Last / BWT per method (plus the starting model's zero-shot row) and writes
+``<root>/summary.{md,json}``. With ``--seeds`` each seed runs in ``<root>/seed<N>/<method>`` and the table
+gives mean +- sample sd over the seeds (the evaluation sets are the same for every seed: only training
+varies).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -32,6 +37,8 @@ def main() -> None:
     p.add_argument("--root", default=None, help="output root (default: the config's out_dir parent)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys, values in YAML (e.g. --set ita_targets=describes seed=7)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="run every method for each training seed and report mean ± sd")
     a = p.parse_args()
     cfg = yaml.safe_load(Path(a.config).read_text())
     for kv in a.set:
@@ -40,23 +47,37 @@ def main() -> None:
             raise SystemExit(f"--set {kv!r}: expected KEY=VALUE with a key of {a.config} or one of {OVERRIDABLE}")
         cfg[key] = yaml.safe_load(value)
     root = Path(a.root or Path(cfg["out_dir"]).parent)
-    rows, times = {}, {}
-    for method in a.methods:
-        t0 = time.perf_counter()
-        rows[method] = continual(**{**cfg, "method": method, "out_dir": str(root / method)})
-        times[method] = time.perf_counter() - t0
-    zs = json.loads((root / a.methods[0] / "zeroshot.json").read_text())
+    seeds = a.seeds or [cfg["seed"]]
+    runs: dict[str, list[dict]] = {m: [] for m in a.methods}
+    times: dict[str, list[float]] = {m: [] for m in a.methods}
+    for seed in seeds:
+        seed_root = root / f"seed{seed}" if a.seeds else root
+        for method in a.methods:
+            t0 = time.perf_counter()
+            runs[method].append(continual(**{**cfg, "seed": seed, "method": method,
+                                             "out_dir": str(seed_root / method)}))
+            times[method].append(time.perf_counter() - t0)
+    zs = json.loads(((root / f"seed{seeds[0]}" if a.seeds else root) / a.methods[0] / "zeroshot.json").read_text())
     names = list(zs)
-    zs_row = [zs[n] for n in names]
-    rows = {"zero-shot": cl_metrics([zs_row] * len(names)), **rows}
-    lines = ["| method | Transfer | Avg | Last | BWT | wall (s) |", "|---|---|---|---|---|---|"]
-    for m, r in rows.items():
-        lines.append(f"| {m} | {r['transfer']:.1f} | {r['avg']:.1f} | {r['last']:.1f} | {r['bwt']:.1f} | "
-                     f"{times.get(m, 0):.0f} |")
+    runs = {"zero-shot": [cl_metrics([[zs[n] for n in names]] * len(names))], **runs}
+    keys = ("transfer", "avg", "last", "bwt")
+
+    def cell(vals: list[float]) -> str:
+        return f"{vals[0]:.1f}" if len(vals) == 1 else f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+
+    # wall time only for one seed: a mean over seeds would mix in finished runs that were only read back
+    lines = ["| method | Transfer | Avg | Last | BWT |" + ("" if a.seeds else " wall (s) |"),
+             "|---|---|---|---|---|" + ("" if a.seeds else "---|")]
+    for m, rs in runs.items():
+        wall = "" if a.seeds else f" {times.get(m, [0.0])[0]:.0f} |"
+        lines.append(f"| {m} | " + " | ".join(cell([r[k] for r in rs]) for k in keys) + " |" + wall)
+    header = f"sequence: {' -> '.join(names)}" + (f"; seeds {seeds}, mean ± sd" if a.seeds else "")
     table = "\n".join(lines)
-    print(f"\nsequence: {' -> '.join(names)}\n{table}")
-    (root / "summary.md").write_text(f"sequence: {' -> '.join(names)}\n\n{table}\n")
-    (root / "summary.json").write_text(json.dumps({"sequence": names, "metrics": rows, "wall_s": times}, indent=2))
+    print(f"\n{header}\n{table}")
+    (root / "summary.md").write_text(f"{header}\n\n{table}\n")
+    per_seed = {m: dict(zip(map(str, seeds), rs)) if m != "zero-shot" else rs[0] for m, rs in runs.items()}
+    (root / "summary.json").write_text(json.dumps({"sequence": names, "seeds": seeds, "metrics": per_seed,
+                                                   "wall_s": times}, indent=2))
 
 
 if __name__ == "__main__":
