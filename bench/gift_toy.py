@@ -48,16 +48,19 @@ def main() -> None:
         cfg[key] = yaml.safe_load(value)
     root = Path(a.root or Path(cfg["out_dir"]).parent)
     seeds = a.seeds or [cfg["seed"]]
+
+    def seed_root(seed: int) -> Path:
+        return root / f"seed{seed}" if a.seeds else root
+
     runs: dict[str, list[dict]] = {m: [] for m in a.methods}
     times: dict[str, list[float]] = {m: [] for m in a.methods}
     for seed in seeds:
-        seed_root = root / f"seed{seed}" if a.seeds else root
         for method in a.methods:
             t0 = time.perf_counter()
             runs[method].append(continual(**{**cfg, "seed": seed, "method": method,
-                                             "out_dir": str(seed_root / method)}))
+                                             "out_dir": str(seed_root(seed) / method)}))
             times[method].append(time.perf_counter() - t0)
-    zs = json.loads(((root / f"seed{seeds[0]}" if a.seeds else root) / a.methods[0] / "zeroshot.json").read_text())
+    zs = json.loads((seed_root(seeds[0]) / a.methods[0] / "zeroshot.json").read_text())
     names = list(zs)
     runs = {"zero-shot": [cl_metrics([[zs[n] for n in names]] * len(names))], **runs}
     keys = ("transfer", "avg", "last", "bwt")

@@ -111,9 +111,19 @@ def same_prompt_targets(prompt_ids: Tensor, dtype: torch.dtype = torch.float32) 
     The indicator is symmetric and its row count for i equals its column count for i, so the same
     M serves the transposed (text→image) direction. Returned in ``dtype`` (float32 default), no grad.
     """
+    return _row_normalise(_same_prompt(prompt_ids), dtype)
+
+
+def _same_prompt(prompt_ids: Tensor) -> Tensor:
+    """Bool indicator ``[id_i = id_j]`` over a batch's prompt ids."""
     ids = prompt_ids.reshape(-1)
-    eq = (ids[:, None] == ids[None, :]).to(dtype)
-    return eq / eq.sum(dim=1, keepdim=True)
+    return ids[:, None] == ids[None, :]
+
+
+def _row_normalise(positives: Tensor, dtype: torch.dtype) -> Tensor:
+    """A bool positives matrix as soft targets: each row's positives share its mass evenly."""
+    pos = positives.to(dtype)
+    return pos / pos.sum(dim=1, keepdim=True)
 
 
 def image_text_alignment(logits: Tensor, prompt_ids: Tensor, label_smoothing: float = 0.2,
@@ -135,14 +145,13 @@ def image_text_alignment(logits: Tensor, prompt_ids: Tensor, label_smoothing: fl
     B = logits.shape[0]
     if prompt_ids.numel() != B:
         raise ValueError(f"need one prompt id per row: {prompt_ids.numel()} ids for a {B}×{B} matrix")
-    ids = prompt_ids.to(logits.device).reshape(-1)
-    eq = ids[:, None] == ids[None, :]
+    pos = _same_prompt(prompt_ids.to(logits.device))
     if also_true is not None:
         if also_true.shape != (B, B):
             raise ValueError(f"also_true must be {B}×{B}, got {tuple(also_true.shape)}")
-        eq = eq | also_true.to(logits.device).bool()
-    eq = eq.to(_up(logits).dtype)
-    M, Mt = eq / eq.sum(1, keepdim=True), eq.t() / eq.t().sum(1, keepdim=True)  # Mt = M for same-prompt only
+        pos = pos | also_true.to(logits.device).bool()
+    dtype = _up(logits).dtype
+    M, Mt = _row_normalise(pos, dtype), _row_normalise(pos.t(), dtype)  # Mt = M for same-prompt only
     q, qt = ((1.0 - label_smoothing) * m + label_smoothing / B for m in (M, Mt))
     return soft_cross_entropy(logits, q) + soft_cross_entropy(logits.t(), qt)
 
