@@ -13,7 +13,7 @@ import argparse
 import tempfile
 import time
 
-from train.callbacks import DataMonitor
+from train.core.callbacks import DataMonitor
 from train.cli import run_cli
 
 

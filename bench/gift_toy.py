@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from train.continual import cl_metrics
-from train.continual_runner import continual
+from train.gift.metrics import cl_metrics
+from train.gift.runner import continual
 
 METHODS = ["finetune", "l2", "lwf", "ewc", "cd", "cd_ita", "gift"]
 OVERRIDABLE = ("ita_targets", "replay_base", "task_lr", "logit_scale")  # continual() arguments the toy configs leave at defaults

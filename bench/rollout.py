@@ -4,7 +4,7 @@
     python bench/rollout.py --policy runs/visionzero_toy/base_policy   # the trained toy base policy
     python bench/rollout.py --gpu-3b              # CUDA, bf16, random LM with Qwen2.5-3B's dimensions
 
-Both modes play the same games through the same engine (``train.visionzero_engine.play_games``,
+Both modes play the same games through the same engine (``train.visionzero.engine.play_games``,
 4 civilians + 1 spy, 2 clue rounds, every civilian votes) with the same policy; only the batching
 differs:
 
@@ -37,17 +37,17 @@ import torch  # noqa: E402
 
 from datagen.stream import sample_rng  # noqa: E402
 from datagen.visionzero import GameSetups, WorldPairs  # noqa: E402
-from train.visionzero_engine import Generation, play_games  # noqa: E402
+from train.visionzero.engine import Generation, play_games  # noqa: E402
 
 
 def tiny_policy(policy_path: str | None, tmp: str, prompts_path: str):
     """The toy recipe's policy: a saved one, or a random tiny Llama (world tokenizer) + tiny CLIP tower."""
     from models.vlm import EmbeddingVLM
-    from train.vlm_policy import EmbeddingVLMPolicy
+    from train.visionzero.policy import EmbeddingVLMPolicy
 
     if policy_path:
         return EmbeddingVLMPolicy(EmbeddingVLM.from_pretrained(policy_path))
-    from train.visionzero_sft import build_toy_vlm
+    from train.visionzero.sft import build_toy_vlm
 
     vlm = build_toy_vlm(os.path.join(tmp, "lm"), vision_tower={"type": "open_clip", "model_name": "synthloop-tiny-rn64"},
                         num_visual_tokens=4, token_mode="split",
@@ -63,7 +63,7 @@ def qwen3b_policy(device: str, layers: int = 36):
     from models.clip import create_clip  # noqa: F401
     from models.tiny_lm import build_word_tokenizer, world_corpus
     from models.vlm import EmbeddingVLM, VLMConfig, build_vision_tower
-    from train.vlm_policy import EmbeddingVLMPolicy
+    from train.visionzero.policy import EmbeddingVLMPolicy
 
     tok = build_word_tokenizer(world_corpus(n_scenes=300) + [Path(ROOT / "configs/visionzero/prompts/game.yaml").read_text()])
     cfg = Qwen2Config(hidden_size=2048, num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=2,

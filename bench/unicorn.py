@@ -67,7 +67,7 @@ def bench_world(n: int) -> None:
 
 
 def bench_datamodule(n: int, batch_size: int, workers: list[int]) -> None:
-    from train.datamodule import OnlineDataModule
+    from train.core.datamodule import OnlineDataModule
 
     n_batches = max(2, n // batch_size)
     for w in workers:

@@ -11,9 +11,9 @@ user turn and learns the answers (``UnicornVLM.examples``; ``--text_mix all`` ad
 and the caption itself as plain text). The
 loop here is plain PyTorch so that sizes and lengths can be varied quickly, and differs from the
 Lightning text stage in two ways: gradients are clipped at norm 1, and the LR multiplier is the linear
-warm-up (5 % of the steps) times one cosine over the whole run, not ``train.clip_pretrain.warmup_cosine``
+warm-up (5 % of the steps) times one cosine over the whole run, not ``train.clip.pretrain.warmup_cosine``
 (cosine after the warm-up). The README's reading figures were measured with exactly this loop. It then prints the text-reading accuracy: the LM reads each held-out record's gold
-caption as text and answers (``train.vqa_eval.evaluate_text_reading``). No transfer mode can push the
+caption as text and answers (``train.unicorn.vqa_eval.evaluate_text_reading``). No transfer mode can push the
 VLM above this ceiling. The short-answer mix (the default) leaves out the step-by-step reasoning answers
 and the caption-only example, so the few answer tokens are not outweighed by long texts.
 
@@ -65,8 +65,8 @@ def main() -> None:
 def run(args: argparse.Namespace, vqa: Path, tmp: Path) -> None:
     from datagen.unicorn.stages import UnicornText
     from models.tiny_lm import build_tiny_lm
-    from train.unicorn_module import UnicornVLM
-    from train.vqa_eval import evaluate_text_reading, load_vqa
+    from train.unicorn.module import UnicornVLM
+    from train.unicorn.vqa_eval import evaluate_text_reading, load_vqa
 
     build_tiny_lm(tmp / "lm_init", hidden=args.hidden, layers=args.layers, heads=args.heads)
     m = UnicornVLM(stage="text", lm_path=str(tmp / "lm_init"), clip_model="synthloop-tiny-rn64",

@@ -66,7 +66,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from models.vlm import EmbeddingVLM
-    from train.vlm_policy import EmbeddingVLMPolicy
+    from train.visionzero.policy import EmbeddingVLMPolicy
 
     lo, hi = (int(x) for x in a.n_objects.split(","))
     gen = GameSFTSamples(WorldPairs(n_objects=(lo, hi), blank_spy=a.blank_spy), n_civilians=4, rounds=2, prompts_path=PROMPTS)

@@ -59,7 +59,7 @@ def build_model(path: Path, size: str) -> int:
 
 
 def run_one(model_dir: Path, strategy: str, args, out_json: Path) -> dict:
-    cb = json.dumps({"class_path": "train.callbacks.ThroughputMonitor",
+    cb = json.dumps({"class_path": "train.core.callbacks.ThroughputMonitor",
                      "init_args": {"skip_first": args.warmup, "out_json": str(out_json)}})
     if strategy.endswith(".json"):  # a DeepSpeed JSON config (e.g. launch/deepspeed/zero3_offload.json)
         strat = ["--trainer.strategy=pytorch_lightning.strategies.DeepSpeedStrategy",

@@ -557,7 +557,7 @@ def unicorn_main(argv: list[str]) -> dict[str, Any] | None:
     try:
         cfg = parser.parse_args(argv)
     except ArgumentError as exc:
-        from train.cli import config_error_line
+        from datagen.errors import config_error_line
 
         raise _fail(argv, None, config_error_line(exc)) from None
     try:

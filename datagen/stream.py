@@ -10,7 +10,7 @@ that hold them) into an ``IterableDataset`` whose output is fully determined by
   restarts from, so it continues with exactly the samples an uninterrupted run would have seen.
 
 Each yielded sample carries bookkeeping fields (``__slot__``, ``__pos__``, ``__produced__``,
-``__dropped__``) that the training side (``train.datamodule.OnlineDataModule``) uses to count
+``__dropped__``) that the training side (``train.core.datamodule.OnlineDataModule``) uses to count
 consumed samples and to build its ``state_dict``; counters travel inside samples because
 DataLoader workers are separate processes.
 

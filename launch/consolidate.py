@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 
 def _deepspeed_allowlist() -> list:
-    from train.strategies import deepspeed_safe_globals
+    from train.core.strategies import deepspeed_safe_globals
 
     return deepspeed_safe_globals()
 
@@ -75,7 +75,7 @@ def _client_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
 
 def load_full_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(LightningModule state dict in fp32, Lightning client state) from a DeepSpeed dir or a .ckpt file."""
-    from train.resilience import checkpoint_problem
+    from train.core.resilience import checkpoint_problem
 
     path = Path(path)
     problem = checkpoint_problem(path)

@@ -57,7 +57,7 @@ def test_print_config_resolves_defaults(tmp_path):
     proc = _run("fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--print_config", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = yaml.safe_load(proc.stdout)
-    assert cfg["model"]["class_path"] == "train.clip_pretrain.CLIPPretrain"
+    assert cfg["model"]["class_path"] == "train.clip.pretrain.CLIPPretrain"
     assert cfg["model"]["init_args"]["model_name"] == "synthloop-tiny-rn64"
     assert cfg["data"]["init_args"]["generator"]["class_path"] == "datagen.world.WorldCaptions"
     # defaults not written in the file are resolved too

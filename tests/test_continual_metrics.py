@@ -1,4 +1,4 @@
-"""Tests for the continual-learning accuracy matrix and metrics (train/continual.py)."""
+"""Tests for the continual-learning accuracy matrix and metrics (train/gift/metrics.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.continual import AccuracyMatrix, cl_metrics, format_matrix_table, prefix_metrics
+from train.gift.metrics import AccuracyMatrix, cl_metrics, format_matrix_table, prefix_metrics
 
 SPEC_A = [[50, 40, 30], [45, 80, 35], [40, 70, 90]]
 NAMES = ["aircraft", "caltech", "cifar"]

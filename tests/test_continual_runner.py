@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-import train.continual_runner as runner
-from train.callbacks import DataMonitor
+import train.gift.runner as runner
+from train.core.callbacks import DataMonitor
 
 COMMON = dict(tasks=["shape", "digits"], method="gift", model_name="synthloop-micro-vit32", steps_per_task=4,
               batch_size=6, lr=1e-3, warmup_steps=1, replay_size=12, replay_backend={"backend": "world",

@@ -15,8 +15,8 @@ import pytorch_lightning as pl
 import torch
 from conftest import CountingGenerator
 
-from train.datamodule import OnlineDataModule
-from train.resilience import (AtomicCheckpointIO, AtomicModelCheckpoint, FaultInjection, NonFiniteGuard,
+from train.core.datamodule import OnlineDataModule
+from train.core.resilience import (AtomicCheckpointIO, AtomicModelCheckpoint, FaultInjection, NonFiniteGuard,
                               NonFiniteLossError, apply_resume_auto, checkpoint_problem, commit,
                               find_resume_checkpoint, guard_loss, harden_trainer, partial_path)
 

@@ -1,4 +1,4 @@
-"""Golden-number tests for the GIFT loss and regulariser math (train/gift.py)."""
+"""Golden-number tests for the GIFT loss and regulariser math (train/gift/losses.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.gift import (
+from train.gift.losses import (
     AWC_FLOOR,
     EwcFisherAccumulator,
     awc_importance,

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from models.clip import create_clip
-from train.gift import (awc_importance, awc_penalty, clip_logits, contrastive_distillation, image_text_alignment,
+from train.gift.losses import (awc_importance, awc_penalty, clip_logits, contrastive_distillation, image_text_alignment,
                         task_loss)
-from train.gift_module import GIFTTask, logit_scale_is_fixed
+from train.gift.module import GIFTTask, logit_scale_is_fixed
 
 PROMPTS = ["a photo of a cube.", "a photo of a sphere.", "a photo of a cylinder."]
 

@@ -91,7 +91,7 @@ def test_sbatch_template_two_nodes_eight_gpus():
         "--config configs/quickstart.yaml --trainer.num_nodes=2 --trainer.devices=8 --trainer.accelerator=gpu "
         "--trainer.strategy=ddp --trainer.default_root_dir=runs/slurm-123456 "
         "--trainer.logger.init_args.save_dir=runs/slurm-123456 "
-        "--trainer.callbacks+=train.preemption.PreemptionCheckpoint",
+        "--trainer.callbacks+=train.core.preemption.PreemptionCheckpoint",
     ]
 
 
@@ -143,7 +143,7 @@ def test_submit_helper_prints_sbatch_and_srun_lines():
         "--config configs/quickstart.yaml --trainer.num_nodes=2 --trainer.devices=8 --trainer.accelerator=gpu "
         "--trainer.strategy=ddp --trainer.default_root_dir=runs/slurm-JOBID "
         "--trainer.logger.init_args.save_dir=runs/slurm-JOBID "
-        "--trainer.callbacks+=train.preemption.PreemptionCheckpoint")
+        "--trainer.callbacks+=train.core.preemption.PreemptionCheckpoint")
     cpu = _run("launch/slurm.sh", "--tasks-per-node", "2", "--run-dir", "runs/try", "--dry-run", "--", "fit",
                "--config", QS).stdout.splitlines()
     assert cpu[1] == ("sbatch --nodes=1 --ntasks-per-node=2 --export=ALL,SYNTHLOOP_RUN_DIR=runs/try "

@@ -29,7 +29,7 @@ import psutil
 import pytest
 import torch
 
-from train.resilience import find_resume_checkpoint, read_trace
+from train.core.resilience import find_resume_checkpoint, read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 420

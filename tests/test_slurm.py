@@ -25,7 +25,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from train.preemption import EXIT_NOT_REQUEUED, PreemptionCheckpoint, latest_checkpoint
+from train.core.preemption import EXIT_NOT_REQUEUED, PreemptionCheckpoint, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "tests/configs/slurm_micro.yaml"
@@ -46,8 +46,8 @@ class SignalAt(pl.Callback):
 
 def _fit(root: Path, max_steps: int, callbacks: list, ckpt_path: str | None = None) -> pl.Trainer:
     from datagen.world import WorldCaptions
-    from train.clip_pretrain import CLIPPretrain
-    from train.datamodule import OnlineDataModule
+    from train.clip.pretrain import CLIPPretrain
+    from train.core.datamodule import OnlineDataModule
 
     pl.seed_everything(0)
     model = CLIPPretrain(model_name="synthloop-micro-vit32", warmup_steps=2, eval_families=["shape"],
@@ -114,7 +114,7 @@ def test_latest_checkpoint_skips_unreadable_files(tmp_path):
     deepspeed.mkdir(parents=True)
     torch.save({"global_step": 50}, deepspeed / "mp_rank_00_model_states.pt")
     assert latest_checkpoint(deepspeed.parents[1]) == (deepspeed.parent, 50)
-    out = subprocess.run([sys.executable, "-m", "train.preemption", "latest", str(tmp_path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "train.core.preemption", "latest", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"{tmp_path / 'hpc_ckpt_1.ckpt'}\t20"
 

@@ -21,7 +21,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from train.resilience import checkpoint_problem, read_trace
+from train.core.resilience import checkpoint_problem, read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests/configs/clip_micro.yaml"
@@ -125,7 +125,7 @@ def test_consolidate_checkpoint_to_plain_weights(runs, name, tmp_path):
 def test_strategy_names_resolve_to_cpu_variant_only_on_cpu():
     from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, StrategyRegistry
 
-    from train.strategies import CPUDeepSpeedStrategy, resolve_strategy, zero_stage
+    from train.core.strategies import CPUDeepSpeedStrategy, resolve_strategy, zero_stage
 
     for name, stage in (("deepspeed_stage_2", 2), ("deepspeed_stage_3", 3), ("deepspeed_stage_3_offload", 3)):
         s = resolve_strategy(name, "cpu", timeout_s=30)
@@ -152,7 +152,7 @@ def test_deepspeed_json_configs():
 
 
 def test_gift_refuses_deepspeed_before_building_anything(tmp_path, monkeypatch):
-    import train.continual_runner as runner
+    import train.gift.runner as runner
 
     monkeypatch.setattr(runner, "create_clip", lambda *a, **k: pytest.fail("model built before the refusal"))
     with pytest.raises(ValueError, match="does not run under DeepSpeed"):

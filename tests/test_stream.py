@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from datagen.stream import GeneratorStream, sample_rng, take
 from tests.conftest import CountingGenerator
-from train.datamodule import OnlineDataModule, collate_samples
+from train.core.datamodule import OnlineDataModule, collate_samples
 
 
 def _keys(loader, n_batches):

@@ -250,7 +250,7 @@ def test_cli_resume_equals_fresh(tmp_path, config, monkeypatch):
 
 
 def test_cli_shards_load_in_datamodule(tmp_path, config):
-    from train.datamodule import OnlineDataModule
+    from train.core.datamodule import OnlineDataModule
 
     out = tmp_path / "shards"
     run(config, out, "--n", 20, "--seed", 5)

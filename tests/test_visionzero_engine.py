@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from datagen.visionzero import NA, GameSetup, clue_rewards
-from train.visionzero_engine import Generation, format_transcript, game_stats, play_games, split_clue
+from train.visionzero.engine import Generation, format_transcript, game_stats, play_games, split_clue
 
 
 def _setup(spy: int, n_players: int = 4, rounds: int = 2, index: int = 0) -> GameSetup:

@@ -12,7 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from train.visionzero_module import VisionZeroSelfPlay, k3_kl, policy_loss
+from train.visionzero.module import VisionZeroSelfPlay, k3_kl, policy_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_PROMPTS = str(ROOT / "configs/visionzero/prompts/game_toy.yaml")
@@ -58,7 +58,7 @@ def test_k3_kl_and_loss_by_hand():
 def test_batched_generation_matches_logprob_forward(tiny_policy_dir):
     """Generation (left-padded, KV cache) and the log-prob forward agree on the sampled tokens."""
     from models.vlm import EmbeddingVLM
-    from train.vlm_policy import EmbeddingVLMPolicy
+    from train.visionzero.policy import EmbeddingVLMPolicy
 
     pol = EmbeddingVLMPolicy(EmbeddingVLM.from_pretrained(tiny_policy_dir))
     from PIL import Image
@@ -97,7 +97,7 @@ def _module(policy_dir, **kw):
 
 def _data(batch_size=2, seed=0):
     from datagen.visionzero import GameSetups, WorldPairs
-    from train.datamodule import OnlineDataModule
+    from train.core.datamodule import OnlineDataModule
 
     return OnlineDataModule(GameSetups(WorldPairs(n_objects=(2, 3)), n_civilians=2, rounds=1),
                             batch_size=batch_size, num_workers=0, seed=seed)
@@ -205,7 +205,7 @@ trainer:
   logger: false
   default_root_dir: {root}
 model:
-  class_path: train.visionzero_module.VisionZeroSelfPlay
+  class_path: train.visionzero.module.VisionZeroSelfPlay
   init_args:
     policy_path: {policy}
     prompts_path: {prompts}
@@ -217,7 +217,7 @@ model:
     log_transcripts_every: 0
     game_log: {root}/games.jsonl
 data:
-  class_path: train.datamodule.OnlineDataModule
+  class_path: train.core.datamodule.OnlineDataModule
   init_args:
     generator:
       class_path: datagen.visionzero.GameSetups

@@ -9,8 +9,8 @@ import torch
 
 from models.tiny_lm import build_tiny_lm, build_word_tokenizer, world_corpus
 from models.vlm import EmbeddingVLM, build_vlm
-from train.vlm_data import IGNORE, caption_example, chat_example, format_question, pad_examples
-from train.vqa_eval import build_world_vqa, choice_letter, load_vqa, normalize_answer, score
+from train.core.vlm_data import IGNORE, caption_example, chat_example, format_question, pad_examples
+from train.unicorn.vqa_eval import build_world_vqa, choice_letter, load_vqa, normalize_answer, score
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_vqa_file_validation(tmp_path):
 @pytest.mark.parametrize("mix", ["short", "all"])
 def test_unicorn_text_stage_mix(lm_dir, mix):
     """Stage "text": caption + questions -> answers; "short" drops reasoning items and the plain caption."""
-    from train.unicorn_module import UnicornVLM
+    from train.unicorn.module import UnicornVLM
 
     m = UnicornVLM(stage="text", lm_path=str(lm_dir), clip_checkpoint=None, text_mix=mix)
     items = [{"type": "open", "question": "is there a cube?", "answer": "yes"},

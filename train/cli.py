@@ -24,7 +24,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
 
-from train.datamodule import OnlineDataModule
+from datagen.errors import config_error_line
+from train.core.datamodule import OnlineDataModule
 
 
 class SynthloopCLI(LightningCLI):
@@ -34,7 +35,7 @@ class SynthloopCLI(LightningCLI):
         parser.add_argument("--run_name", type=str | None, default=None,
                             help="name of the run directory under trainer.default_root_dir (default: derived "
                                  "from the config file name)")
-        # resilience (train/resilience.py, train/strategies.py)
+        # resilience (train/core/resilience.py, train/core/strategies.py)
         parser.add_argument("--resume", type=str | None, default=None,
                             help="auto: continue from the run directory's newest complete checkpoint if there is "
                                  "one (same command after a crash), else start fresh")
@@ -48,42 +49,19 @@ class SynthloopCLI(LightningCLI):
         if resume not in (None, "auto", "never"):
             raise SystemExit(f"synthloop: error: --resume must be 'auto' or 'never', got {resume!r}")
         if resume == "auto" and self.subcommand == "fit":
-            from train.resilience import apply_resume_auto
+            from train.core.resilience import apply_resume_auto
 
             apply_resume_auto(cfg)
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
-        from train.resilience import default_callbacks, harden_trainer
-        from train.strategies import resolve_strategy
+        from train.core.resilience import default_callbacks, harden_trainer
+        from train.core.strategies import resolve_strategy
 
         cfg = self.config.get(str(self.subcommand), self.config)
         config["strategy"] = resolve_strategy(config.get("strategy", "auto"), config.get("accelerator", "auto"),
                                               cfg.get("collective_timeout"))
         callbacks = list(callbacks) + default_callbacks(list(config.get("callbacks") or []) + list(callbacks))
         return harden_trainer(super()._instantiate_trainer(config, callbacks))
-
-
-def config_error_line(exc: BaseException) -> str:
-    """Boil jsonargparse's nested union/class_path report down to ``key.path: what is wrong``."""
-    msg = " ".join(str(exc).split())
-    keys = re.findall(r'(?:Parser key|Key) "([^"]+)"', msg)
-    path: list[str] = []
-    for k in keys:  # nested parsers report relative keys; drop a repeated prefix
-        if not path or not k.startswith(path[-1] + "."):
-            path.append(k)
-        else:
-            path[-1] = k
-    # the innermost explanation: after the last class_path problem, before the NoneType alternative
-    detail = msg
-    if "Problem with given class_path" in msg:
-        detail = re.split(r"Problem with given class_path '[^']+': ", msg)[-1]
-    detail = re.split(r" - Expected a <class 'NoneType'>", detail)[0]
-    detail = re.sub(r'(?:Parser key|Key) "[^"]+": ', "", detail)
-    detail = re.sub(r"Does not validate against any of the Union subtypes Subtypes: \[[^\]]*\] Errors: - ", "",
-                    detail)
-    where = ".".join(path)
-    line = f"{where}: {detail}" if where else detail
-    return line if len(line) < 400 else line[:400] + " ..."
 
 
 def _check_config_files(argv: list[str]) -> None:
@@ -121,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     _check_config_files(argv)
     try:
         if argv and argv[0] == "continual":
-            from train.continual_runner import main as continual_main
+            from train.gift.runner import main as continual_main
 
             continual_main(argv[1:])
             return
@@ -131,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             datagen_main(argv[1:])
             return
         if argv and argv[0] == "unicorn-toy":
-            from train.unicorn_toy import main as unicorn_toy_main
+            from train.unicorn.toy import main as unicorn_toy_main
 
             unicorn_toy_main(argv[1:])
             return

@@ -14,7 +14,7 @@ downloads and makes the label order explicit on disk: the label *is* the folder 
 * :func:`load_task_info` -- class names and templates of one dataset;
 * :class:`FolderTask` -- a :class:`~datagen.stream.SampleGenerator` of training images for the online
   stream (``datagen.gift.task_stream.ContinualStream`` pairs it with the replay set);
-* :func:`folder_eval_set` -- the preprocessed test split as a ``train.zeroshot.EvalSet``.
+* :func:`folder_eval_set` -- the preprocessed test split as a ``datagen.evalset.EvalSet``.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def select_per_class(items: list[tuple[str, int]], max_per_class: int | None,
 
 def folder_eval_set(root: str | Path, name: str, preprocess, max_per_class: int | None = None,
                     seed: int = 0):
-    """The test split of dataset ``name`` as a preprocessed ``train.zeroshot.EvalSet``.
+    """The test split of dataset ``name`` as a preprocessed ``datagen.evalset.EvalSet``.
 
     Unlike training, evaluation must not silently skip data: an unreadable test image raises.
 
@@ -196,8 +196,7 @@ def folder_eval_set(root: str | Path, name: str, preprocess, max_per_class: int 
     """
     import torch
 
-    # Imported here so that datagen/ stays importable without the training stack.
-    from train.zeroshot import EvalSet
+    from datagen.evalset import EvalSet
 
     classnames, templates = load_task_info(root, name)
     folder = dataset_dir(root, name)

@@ -12,7 +12,7 @@ One sample = one seed caption taken through the stages:
   ones by reason (``rejects`` in the sample); a caption with no valid item drops the sample.
 
 Stage 3 (text embedding -> synthetic image embedding) needs the CLIP text tower and runs on the
-training side (``train.unicorn_module``), batched on the accelerator.
+training side (``train.unicorn.module``), batched on the accelerator.
 
 With the scene world's writer as backend (the offline default), the seed's scene is bound to the
 writer so stage 1 describes exactly that scene, and ``render_size`` adds the rendered ``image`` --

@@ -3,7 +3,7 @@
 Spec: ``shared/methods/visionzero.md``. Fed by ``OnlineDataModule(generator=GameSetups(...))``: one
 sample = one game setup, made, played and scored on one rank. Each training step:
 
-1. plays the batch's games with the *current* policy (:func:`train.visionzero_engine.play_games`):
+1. plays the batch's games with the *current* policy (:func:`train.visionzero.engine.play_games`):
    every clue turn is one batched generation across all games of the step, every vote of every game
    one more (KV cache, sampling temperature from the config; ``synced_gpus`` under ZeRO-3);
 2. rewards: zero-sum clue rewards from the votes, decision rewards +1 / −0.5 / −1;
@@ -38,9 +38,9 @@ import torch.distributed as dist
 
 from datagen.visionzero import GameSetup, PhaseController, RoleAdvantage, group_normalize
 from datagen.visionzero.rules import BETA, DECISION_REWARDS, LAMBDA, RAE_ALPHA
-from train.clip_pretrain import warmup_cosine
-from train.strategies import is_deepspeed
-from train.visionzero_engine import GameRecord, format_transcript, play_games
+from train.core.optim import warmup_cosine
+from train.core.strategies import is_deepspeed
+from train.visionzero.engine import GameRecord, format_transcript, play_games
 
 log = logging.getLogger(__name__)
 KL_COEF = 0.04  # spec: τ
@@ -165,7 +165,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
 
             vlm = EmbeddingVLM.from_pretrained(hp.policy_path, trust_remote_code=hp.trust_remote_code)
             return vlm, None
-        from train.vlm_policy import HFVLMPolicy
+        from train.visionzero.policy import HFVLMPolicy
 
         pol = HFVLMPolicy.from_pretrained(hp.policy_path, dtype=hp.dtype, trust_remote_code=hp.trust_remote_code)
         return pol.model, pol.processor
@@ -177,7 +177,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
         vlm, processor = self._load()
         lora = hp.lora
         if hp.policy_type == "embedding_vlm":
-            from train.vlm_policy import EmbeddingVLMPolicy
+            from train.visionzero.policy import EmbeddingVLMPolicy
 
             if lora:
                 vlm.apply_lora(r=lora.get("r", 16), alpha=lora.get("alpha", 32), dropout=lora.get("dropout", 0.05),
@@ -192,7 +192,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
             self.vlm = vlm
             self.policy = EmbeddingVLMPolicy(vlm)
         else:
-            from train.vlm_policy import HFVLMPolicy
+            from train.visionzero.policy import HFVLMPolicy
 
             if lora:
                 from peft import LoraConfig, get_peft_model
@@ -245,7 +245,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
     def _synced_gpus(self) -> bool:
         if self.hparams.synced_gpus is not None:
             return bool(self.hparams.synced_gpus)
-        from train.strategies import zero_stage
+        from train.core.strategies import zero_stage
 
         strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
         return bool(zero_stage(strategy) == 3 and self._world() > 1)
@@ -262,7 +262,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
 
     def play(self, setups: list[GameSetup]) -> tuple[list[GameRecord], dict[str, float]]:
         """Play ``setups`` with the current policy; returns records and rollout timing."""
-        from train.vlm_policy import generate_fn
+        from train.visionzero.policy import generate_fn
 
         if hasattr(self.policy, "clear_cache"):
             self.policy.clear_cache()

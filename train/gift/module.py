@@ -21,10 +21,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from train.clip_pretrain import warmup_cosine
-from train.resilience import all_finite, record_step
-from train.strategies import is_deepspeed
-from train.gift import (EwcFisherAccumulator, awc_importance, awc_penalty, clip_logits, contrastive_distillation,
+from train.core.optim import warmup_cosine
+from train.core.resilience import all_finite, record_step
+from train.core.strategies import is_deepspeed
+from train.gift.losses import (EwcFisherAccumulator, awc_importance, awc_penalty, clip_logits, contrastive_distillation,
                         image_text_alignment, l2_importance, lwf_distillation, task_loss)
 
 METHODS = {

@@ -8,23 +8,14 @@ MTIL protocol). Evaluation sets are fixed and held out (the families' ``test`` s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datagen.evalset import EvalSet
 from models.clip import zero_shot_classifier
 
-
-@dataclass
-class EvalSet:
-    """A fixed evaluation set of one task family, already preprocessed to tensors."""
-
-    name: str
-    classnames: list[str]
-    templates: list[str]
-    images: torch.Tensor  # (N, 3, H, W)
-    labels: torch.Tensor  # (N,)
+__all__ = ["EvalSet", "build_world_eval_sets", "eval_loader", "format_accuracy_table", "zero_shot_accuracy"]
 
 
 class _TensorPairs(Dataset):

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 
 from datagen.unicorn import MODES, StreamingMean, gap_diagnostics, modality_transfer
 from models.vlm import EmbeddingVLM, OpenCLIPVisionTower, build_vlm
-from train.clip_pretrain import warmup_cosine
-from train.vlm_data import IGNORE, caption_example, chat_example, format_question, pad_examples
+from train.core.optim import warmup_cosine
+from train.core.vlm_data import IGNORE, caption_example, chat_example, format_question, pad_examples
 
 log = logging.getLogger(__name__)
 STAGES = ("text", "align", "instruct")
@@ -176,7 +176,7 @@ class UnicornVLM(pl.LightningModule):
 
     @torch.no_grad()
     def text_embeddings(self, captions: list[str]) -> torch.Tensor:
-        from train.strategies import full_params
+        from train.core.strategies import full_params
 
         tokens = self.clip_tokenizer(captions).to(self.device)
         with full_params(self.clip_text, self):  # encode_text reads parameters outside forward
@@ -279,7 +279,7 @@ class UnicornVLM(pl.LightningModule):
         return Path(self._log_dir or ".") / "vlm"
 
     def on_train_end(self) -> None:
-        from train.strategies import full_params
+        from train.core.strategies import full_params
 
         out = self.export_dir()
         if not self.hparams.export:
@@ -297,7 +297,7 @@ class UnicornVLM(pl.LightningModule):
                        f"({', '.join(f'{k} {v:.3f}' for k, v in sorted(result['by_type'].items()))})")
 
     def evaluate(self, jsonl: str, vlm: EmbeddingVLM | None = None) -> dict[str, Any]:
-        from train.vqa_eval import evaluate_vqa
+        from train.unicorn.vqa_eval import evaluate_vqa
 
         result = evaluate_vqa(vlm or self.vlm, jsonl, preprocess=self.preprocess, center=self.test_center(),
                               batch_size=self.hparams.eval_batch_size, device=self.device)

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from train.visionzero_engine import Generation
+from train.visionzero.engine import Generation
 
 
 @dataclass

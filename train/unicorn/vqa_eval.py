@@ -6,7 +6,7 @@ File format, one JSON object per line::
     {"image": "...", "question": "how many spheres are there?", "choices": ["0", "1", "2", "3"], "answer": "B"}
 
 ``image`` is relative to the JSONL's folder (or absolute). With ``choices`` the question is shown with
-lettered options (:func:`train.vlm_data.format_question`) and scored by *choice accuracy*: the first
+lettered options (:func:`train.core.vlm_data.format_question`) and scored by *choice accuracy*: the first
 standalone letter of the reply must be the answer's letter (``answer`` may be the letter or the
 option's text). Without ``choices``: *exact match* after normalisation (case, punctuation, spaces).
 Optional ``type`` fields give a per-type breakdown. Any local benchmark exported to this format works.
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from train.vlm_data import LETTERS, format_question, generation_prompt, pad_examples, prompt_ids
+from train.core.vlm_data import LETTERS, format_question, generation_prompt, pad_examples, prompt_ids
 
 _PUNCT = re.compile(r"[^\w\s]")
 

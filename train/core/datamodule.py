@@ -7,7 +7,7 @@ The stream itself lives in :mod:`datagen.stream`; this module adds what the trai
 * ``state_dict`` / ``load_state_dict`` with every rank's slot positions (gathered, because Lightning
   writes the checkpoint from rank 0 only), so a resumed run continues with exactly the samples an
   uninterrupted run would have seen;
-* counters (produced / dropped-invalid / consumed) for logging by :class:`train.callbacks.DataMonitor`.
+* counters (produced / dropped-invalid / consumed) for logging by :class:`train.core.callbacks.DataMonitor`.
 
 The sample -> tensors transform belongs to the model (image preprocessing, tokenizer): the DataModule
 asks the attached LightningModule for ``sample_transform()`` unless one is given explicitly.

@@ -19,7 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from train.clip_pretrain import warmup_cosine
+from train.core.optim import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class VisionZeroSFT(pl.LightningModule):
         self.vlm = build_toy_vlm(lm_path, vision_tower=tower, num_visual_tokens=num_visual_tokens,
                                  token_mode=token_mode, tiny_lm=tiny_lm, prompts_path=prompts_path,
                                  n_players=n_players, rounds=rounds, seed=seed)
-        from train.vlm_policy import EmbeddingVLMPolicy
+        from train.visionzero.policy import EmbeddingVLMPolicy
 
         self.policy = EmbeddingVLMPolicy(self.vlm)
 

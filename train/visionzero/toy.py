@@ -1,13 +1,13 @@
 """The whole Vision-Zero toy pipeline in one command (CPU): base policy -> self-play -> evaluation.
 
-    python -m train.visionzero_toy                 # SFT + self-play + eval, prints the tables
-    python -m train.visionzero_toy --reuse-base    # keep runs/visionzero_toy/base_policy if it exists
+    python -m train.visionzero.toy                 # SFT + self-play + eval, prints the tables
+    python -m train.visionzero.toy --reuse-base    # keep runs/visionzero_toy/base_policy if it exists
 
 Stages (each a normal ``synthloop fit`` run, so each can also be run by hand):
 
 1. ``synthloop fit --config configs/visionzero/toy_sft.yaml``      -> runs/visionzero_toy/base_policy
 2. ``synthloop fit --config configs/visionzero/toy_selfplay.yaml`` -> runs/visionzero_toy/selfplay_policy
-3. ``python -m train.visionzero_eval``  -> runs/visionzero_toy/{eval.md, eval.json, phase.png}
+3. ``python -m train.visionzero.evaluate``  -> runs/visionzero_toy/{eval.md, eval.json, phase.png}
 
 Needs the quickstart's tiny CLIP (runs/quickstart/clip_final.pt, ``synthloop fit --config
 configs/quickstart.yaml``, ~8 min). Wall time per stage goes to runs/visionzero_toy/summary.md.
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(cmd: list[str], log: Path, env: dict) -> float:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                                     f"--model.init_args.policy_path={out / 'base_policy'}",
                                     f"--model.init_args.export_path={out / 'selfplay_policy'}"] + a.extra,
                              out / "selfplay.log", env)
-    times["eval"] = _run([sys.executable, "-m", "train.visionzero_eval", "--config", a.selfplay_config,
+    times["eval"] = _run([sys.executable, "-m", "train.visionzero.evaluate", "--config", a.selfplay_config,
                           "--base", str(out / "base_policy"), "--trained", str(out / "selfplay_policy"),
                           "--games", str(a.games), "--out", str(out)], out / "eval.log", env)
     total = time.perf_counter() - t_all

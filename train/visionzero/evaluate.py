@@ -1,6 +1,6 @@
 """Evaluation of Vision-Zero self-play: held-out games, mixed tables against the frozen base, phase plot.
 
-    python -m train.visionzero_eval --base runs/visionzero_toy/base_policy \\
+    python -m train.visionzero.evaluate --base runs/visionzero_toy/base_policy \\
         --trained runs/visionzero_toy/selfplay_policy --config configs/visionzero/toy_selfplay.yaml \\
         --out runs/visionzero_toy
 
@@ -32,7 +32,7 @@ import yaml
 
 from datagen.stream import sample_rng
 from datagen.visionzero import GameSetup, GameSetups, civilians_win
-from train.visionzero_engine import GameRecord, format_transcript, game_stats, play_games
+from train.visionzero.engine import GameRecord, format_transcript, game_stats, play_games
 
 
 def load_game_config(config: str | None) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def heldout_setups(gcfg: dict[str, Any], n: int, seed: int) -> list[GameSetup]:
 def load_policy(path: str, ckpt: str | None = None):
     """An EmbeddingVLM policy from a folder, optionally with the weights of a self-play Lightning checkpoint."""
     from models.vlm import EmbeddingVLM
-    from train.vlm_policy import EmbeddingVLMPolicy
+    from train.visionzero.policy import EmbeddingVLMPolicy
 
     vlm = EmbeddingVLM.from_pretrained(path)
     if ckpt is not None:
@@ -85,7 +85,7 @@ def ckpt_history(ckpt: str) -> list[dict]:
 def play_table(setups: list[GameSetup], players: dict[str, Any], spy_key: str, civ_key: str,
                gcfg: dict[str, Any], seed: int, batch: int = 64) -> list[GameRecord]:
     """Play every setup with ``spy_key``'s policy as spy and ``civ_key``'s as civilians (same sampling seed)."""
-    from train.vlm_policy import generate_fn
+    from train.visionzero.policy import generate_fn
 
     torch.manual_seed(seed)
     fns = {k: generate_fn(p, temperature=gcfg["temperature"], clue={"max_new_tokens": gcfg["clue_max_new_tokens"]},

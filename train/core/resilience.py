@@ -16,7 +16,7 @@
 * **Resume** (:func:`find_resume_checkpoint`, :func:`valid_checkpoint`): the newest checkpoint in a
   directory that passes a structural check (``last*.ckpt`` first); torn or partial ones are skipped with
   a warning naming them, temporary files are never candidates.
-* **Collective timeout / dying ranks**: see :mod:`train.strategies` (``--collective_timeout``,
+* **Collective timeout / dying ranks**: see :mod:`train.core.strategies` (``--collective_timeout``,
   ``$SYNTHLOOP_COLLECTIVE_TIMEOUT_S``). :class:`FaultInjection` makes a rank die or hang at a step
   (``SYNTHLOOP_TEST_DIE_AT_STEP``, ``SYNTHLOOP_TEST_HANG_AT_STEP``, ``SYNTHLOOP_TEST_FAULT_RANK``), for tests.
 * :class:`StepTrace` appends ``{"step", "loss"}`` per optimizer step to a JSONL file
@@ -149,7 +149,7 @@ def guard_loss(module: pl.LightningModule, loss: torch.Tensor) -> torch.Tensor:
     guard.record(module, not ok, None if ok else float(loss.detach().float().mean()))
     if ok or module._trainer is None:
         return loss
-    from train.strategies import is_deepspeed
+    from train.core.strategies import is_deepspeed
 
     if is_deepspeed(module.trainer.strategy):
         return loss * float("nan")  # NaN gradients on every rank, even where this rank's loss was finite

@@ -1,14 +1,14 @@
 """The Unicorn toy recipe end to end, on the scene world and 2 CPU cores::
 
-    python -m train.unicorn_toy                      # or: synthloop unicorn-toy
-    python -m train.unicorn_toy --variants mean_shift raw --instruct-steps 200
+    python -m train.unicorn.toy                      # or: synthloop unicorn-toy
+    python -m train.unicorn.toy --variants mean_shift raw --instruct-steps 200
 
 1. the tiny CLIP (``runs/quickstart/clip_final.pt``; trained with ``configs/quickstart.yaml`` when missing)
    and its modality-gap diagnostics on paired world data;
 2. a tiny Llama with a word-level world tokenizer learns to answer questions about a scene it reads as
    text (``configs/unicorn/toy_text.yaml``: caption + multiple-choice and open items, ``text_mix: short``),
    the stand-in for a pretrained LLM; its text-reading accuracy is the ceiling of any transfer;
-3. the held-out VQA benchmark: rendered images, never seen in training (``train.vqa_eval.build_world_vqa``);
+3. the held-out VQA benchmark: rendered images, never seen in training (``train.unicorn.vqa_eval.build_world_vqa``);
 4. per variant, stage A (``toy_align.yaml``) then stage B (``toy_instruct.yaml``) and the VQA evaluation:
    ``real`` (the upper bound: rendered-image embeddings), and the text-only runs ``mean_shift``, ``raw``,
    ``mean_shift_noise``, ``ideal`` (and ``realign`` when asked for).
@@ -29,8 +29,8 @@ import shutil
 import time
 from pathlib import Path
 
-log = logging.getLogger("train.unicorn_toy")
-ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("train.unicorn.toy")
+ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("real", "mean_shift", "raw", "mean_shift_noise", "ideal", "realign")
 
 
@@ -57,8 +57,8 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
     import torch
 
     from models.tiny_lm import build_tiny_lm
-    from train.unicorn_module import clip_gap_diagnostics
-    from train.vqa_eval import build_world_vqa
+    from train.unicorn.module import clip_gap_diagnostics
+    from train.unicorn.vqa_eval import build_world_vqa
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     outp = Path(out)
@@ -93,7 +93,7 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
     reading_file = outp / "text_reading.json"
     if not reading_file.is_file():  # the LM given the gold caption as text: the ceiling of any transfer
         from models.vlm import EmbeddingVLM
-        from train.vqa_eval import evaluate_text_reading
+        from train.unicorn.vqa_eval import evaluate_text_reading
 
         lmv = EmbeddingVLM.from_pretrained(lm_world).eval()
         reading_file.write_text(json.dumps(evaluate_text_reading(lmv.lm, lmv.tokenizer, vqa), indent=1))
@@ -123,7 +123,7 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
         blind_file = vdir / "vlm" / "vqa_blind.json"
         if not blind_file.is_file():  # the same VLM without its image: what the question alone gives
             from models.vlm import EmbeddingVLM
-            from train.vqa_eval import evaluate_vqa
+            from train.unicorn.vqa_eval import evaluate_vqa
 
             vlm = EmbeddingVLM.from_pretrained(vdir / "vlm")
             b = evaluate_vqa(vlm, vqa, blind=True)

@@ -12,7 +12,7 @@ rank 0 runs ``scontrol requeue $SLURM_JOB_ID`` and every rank exits. The restart
 the newest intact checkpoint (``launch/slurm.sbatch`` passes it as ``--ckpt_path``, see
 :func:`latest_checkpoint`; without it Lightning's own SLURM resume also picks the ``hpc_ckpt_*``).
 
-    python -m train.preemption latest RUN_DIR    # prints the newest loadable checkpoint under RUN_DIR
+    python -m train.core.preemption latest RUN_DIR    # prints the newest loadable checkpoint under RUN_DIR
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def checkpoint_step(path: str | Path) -> int | None:
 
     allow: contextlib.AbstractContextManager = contextlib.nullcontext()
     if path.name.startswith("mp_rank_"):  # DeepSpeed pickles a few of its own classes into its shards
-        from train.strategies import deepspeed_safe_globals
+        from train.core.strategies import deepspeed_safe_globals
 
         allow = torch.serialization.safe_globals(deepspeed_safe_globals())
     try:
@@ -228,7 +228,7 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[Path, int] | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2 or argv[0] != "latest":
-        print("usage: python -m train.preemption latest RUN_DIR", file=sys.stderr)
+        print("usage: python -m train.core.preemption latest RUN_DIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     found = latest_checkpoint(argv[1])

@@ -19,9 +19,10 @@ import torch
 from open_clip.loss import ClipLoss
 
 from models.clip import create_clip, save_open_clip_checkpoint, zero_shot_classifier
-from train.resilience import guard_loss
-from train.strategies import clamp_param_, full_params
-from train.zeroshot import EvalSet, build_world_eval_sets, eval_loader, format_accuracy_table
+from train.core.optim import build_optimizer, no_decay_groups
+from train.core.resilience import guard_loss
+from train.core.strategies import clamp_param_, full_params
+from train.clip.zeroshot import EvalSet, build_world_eval_sets, eval_loader, format_accuracy_table
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,6 @@ class CaptionTransform:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"sample {sample.get('__key__')}: empty caption")
         return {"image": self.preprocess(sample["image"]), "text": self.tokenizer([text])[0], "txt": text}
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine to ``min_ratio`` at ``total``."""
-    if step < warmup:
-        return (step + 1) / max(warmup, 1)
-    progress = min(1.0, (step - warmup) / max(total - warmup, 1))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class CLIPPretrain(pl.LightningModule):
@@ -118,23 +111,13 @@ class CLIPPretrain(pl.LightningModule):
         clamp_param_(self.model.logit_scale, 0, math.log(100), self)  # DeepSpeed: on its fp32 master copy
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", out["logit_scale"].detach())
-        return guard_loss(self, loss)  # a non-finite loss: step skipped on every rank, counted (train/resilience.py)
+        return guard_loss(self, loss)  # a non-finite loss: step skipped on every rank, counted (train/core/resilience.py)
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "embedding" in n or "logit_scale" in n else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=1e-6)
-        total = self.hparams.total_steps or self.trainer.max_steps
-        if total is None or total <= 0:
-            raise ValueError("CLIPPretrain: set model.total_steps or trainer.max_steps (the stream is endless)")
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, self.hparams.warmup_steps, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        groups = no_decay_groups(self.model.named_parameters(), self.hparams.weight_decay)
+        return build_optimizer(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=1e-6,
+                               weight_decay=self.hparams.weight_decay, warmup_steps=self.hparams.warmup_steps,
+                               total_steps=self.hparams.total_steps or self.trainer.max_steps, owner="CLIPPretrain")
 
     # -- zero-shot validation --------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -31,13 +31,13 @@ import torch
 from datagen.gift import ReplayDataset, backend_from_config, build_pool, make_replay_set, wait_complete
 from datagen.gift.task_stream import ContinualStream, ContinualTransform
 from models.clip import create_clip, save_open_clip_checkpoint
-from train.callbacks import DataMonitor
-from train.continual import AccuracyMatrix, _atomic_write_text, cl_metrics, format_matrix_table
-from train.datamodule import OnlineDataModule
-from train.gift_module import DEEPSPEED_REFUSAL, GIFTTask, logit_scale_is_fixed, method_parts, uses_replay
-from train.resilience import default_callbacks, find_resume_checkpoint, harden_trainer
-from train.strategies import is_deepspeed, resolve_strategy
-from train.zeroshot import EvalSet, build_world_eval_sets, zero_shot_accuracy
+from train.core.callbacks import DataMonitor
+from train.gift.metrics import AccuracyMatrix, _atomic_write_text, cl_metrics, format_matrix_table
+from train.core.datamodule import OnlineDataModule
+from train.gift.module import DEEPSPEED_REFUSAL, GIFTTask, logit_scale_is_fixed, method_parts, uses_replay
+from train.core.resilience import default_callbacks, find_resume_checkpoint, harden_trainer
+from train.core.strategies import is_deepspeed, resolve_strategy
+from train.clip.zeroshot import EvalSet, build_world_eval_sets, zero_shot_accuracy
 
 log = logging.getLogger(__name__)
 

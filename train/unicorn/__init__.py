@@ -1,0 +1,10 @@
+"""Unicorn: a VLM trained from text alone (spec: ``docs/specs/unicorn.md``).
+
+* :mod:`.module` -- :class:`UnicornVLM`: stages text / align (A) / instruct (B) on synthetic image embeddings;
+* :mod:`.vqa_eval` -- VQA evaluation of an embedding VLM from a JSONL file, and the world's VQA set;
+* :mod:`.toy` -- ``synthloop unicorn-toy``: the toy recipe end to end on the scene world.
+"""
+
+from .module import UnicornVLM, clip_gap_diagnostics
+
+__all__ = ["UnicornVLM", "clip_gap_diagnostics"]
