@@ -61,7 +61,8 @@ def qwen3b_policy(device: str, layers: int = 36):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from models.clip import create_clip  # noqa: F401
-    from models.tiny_lm import build_word_tokenizer, world_corpus
+    from datagen.text.corpus import world_corpus
+    from models.tiny_lm import build_word_tokenizer
     from models.vlm import EmbeddingVLM, VLMConfig, build_vision_tower
     from train.visionzero.policy import EmbeddingVLMPolicy
 

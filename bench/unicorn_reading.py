@@ -64,11 +64,12 @@ def main() -> None:
 
 def run(args: argparse.Namespace, vqa: Path, tmp: Path) -> None:
     from datagen.unicorn.stages import UnicornText
+    from datagen.text.corpus import world_corpus
     from models.tiny_lm import build_tiny_lm
     from train.unicorn.module import UnicornVLM
     from train.unicorn.vqa_eval import evaluate_text_reading, load_vqa
 
-    build_tiny_lm(tmp / "lm_init", hidden=args.hidden, layers=args.layers, heads=args.heads)
+    build_tiny_lm(tmp / "lm_init", texts=world_corpus(), hidden=args.hidden, layers=args.layers, heads=args.heads)
     m = UnicornVLM(stage="text", lm_path=str(tmp / "lm_init"), clip_model="synthloop-tiny-rn64",
                    clip_checkpoint=args.clip_checkpoint, text_mix=args.text_mix)
     gen = UnicornText(stage="instructions", n_objects=tuple(args.n_objects))

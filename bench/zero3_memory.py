@@ -38,7 +38,8 @@ def build_model(path: Path, size: str) -> int:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from models.tiny_lm import build_word_tokenizer, world_corpus
+    from datagen.text.corpus import world_corpus
+    from models.tiny_lm import build_word_tokenizer
     from models.vlm import VLMConfig, EmbeddingVLM
 
     hidden, layers, heads, kv, inter, vocab = SIZES[size]

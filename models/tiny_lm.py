@@ -4,9 +4,9 @@ The tokenizer round-trips text exactly: a ``Metaspace`` pre-tokenizer marks a wo
 space with "▁" (no "▁" is prepended at the start of a text or after a special token, so a
 conversation tokenized turn by turn gives the same ids as tokenized whole) and every punctuation
 character is its own token, so ``\\boxed{3}``, JSON and "Player 2:" decode
-back to the same string. The vocabulary is every piece that occurs in a corpus of world texts
-(dense and seed captions, questions and answers, stage-2 instruction JSON, the prompt files under
-``configs/``) plus any extra texts; anything else becomes ``<unk>``.
+back to the same string. The vocabulary is every piece that occurs in the texts it is built from (the toy recipes pass
+:func:`datagen.text.corpus.world_corpus`: captions, QA, instruction JSON, the prompt files);
+anything else becomes ``<unk>``.
 
 Chat template (also used by the VLM trainers)::
 
@@ -17,19 +17,14 @@ Chat template (also used by the VLM trainers)::
 
 from __future__ import annotations
 
-import glob
 import os
-from pathlib import Path
 from typing import Iterable
-
-import numpy as np
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<image>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pre_tokenizer():
@@ -39,24 +34,6 @@ def _pre_tokenizer():
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
         pre_tokenizers.Split(Regex(r"[^\w▁]"), behavior="isolated"),
     ])
-
-
-def world_corpus(n_scenes: int = 2000, seed: int = 0, max_objects: int = 6) -> list[str]:
-    """Texts covering the world's language: captions, QA, instruction JSON, prompt files, numbers."""
-    from datagen.text.world_writer import instruction_items
-    from datagen.world import dense_caption, qa_pairs, sample_scene, seed_caption
-
-    rng = np.random.default_rng(seed)
-    texts: list[str] = []
-    for _ in range(n_scenes):
-        scene = sample_scene(rng, (0, max_objects))
-        texts += [dense_caption(scene), seed_caption(scene, rng)]
-        texts += [f"{q.question} {q.answer}" for q in qa_pairs(scene, rng)]
-        texts += [str(item) for item in instruction_items(scene, rng)]
-    texts += [Path(p).read_text() for p in sorted(glob.glob(str(ROOT / "configs" / "**" / "prompts" / "*.yaml"),
-                                                              recursive=True))]
-    texts.append(" ".join(str(i) for i in range(0, 101)) + " A B C D E F G H N/A NA Player player")
-    return texts
 
 
 def build_word_tokenizer(texts: Iterable[str], extra_specials: Iterable[str] = ()):
@@ -89,14 +66,14 @@ def build_word_tokenizer(texts: Iterable[str], extra_specials: Iterable[str] = (
     return fast
 
 
-def build_tiny_lm(path: str | os.PathLike, *, texts: Iterable[str] | None = None, hidden: int = 128,
+def build_tiny_lm(path: str | os.PathLike, *, texts: Iterable[str], hidden: int = 128,
                   layers: int = 2, heads: int = 4, intermediate: int | None = None, max_positions: int = 1024,
                   seed: int = 0) -> str:
     """Save a randomly initialised ``LlamaForCausalLM`` + world tokenizer to ``path``; return the path."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_word_tokenizer(world_corpus() if texts is None else texts)
+    tokenizer = build_word_tokenizer(texts)
     torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate or 4 * hidden, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=heads, vocab_size=len(tokenizer),

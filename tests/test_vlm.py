@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from models.tiny_lm import build_tiny_lm, build_word_tokenizer, world_corpus
+from datagen.text.corpus import world_corpus
+from models.tiny_lm import build_tiny_lm, build_word_tokenizer
 from models.vlm import EmbeddingVLM, build_vlm
 from train.core.vlm_data import IGNORE, caption_example, chat_example, format_question, pad_examples
 from train.unicorn.vqa_eval import build_world_vqa, choice_letter, load_vqa, normalize_answer, score

@@ -1,132 +1,83 @@
-"""The ``synthloop`` command: LightningCLI for training, with one-line config errors.
+"""The ``synthloop`` command: one entry point for every runnable thing in the project.
 
-    synthloop fit --config configs/quickstart.yaml
-    synthloop fit --config configs/quickstart.yaml --print_config
-    synthloop validate --config configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
-    synthloop continual --config configs/gift/toy.yaml      (continual-learning task sequences)
-    synthloop fit --config ... --resume auto                 (after a crash: continue from the newest complete checkpoint)
-    synthloop fit --config ... --trainer.strategy=deepspeed_stage_3 --collective_timeout=600
-    synthloop datagen unicorn --config configs/unicorn/datagen_world.yaml   (materialise synthetic data)
-    synthloop unicorn-toy                                    (the Unicorn toy recipe end to end)
+    synthloop --help                                         (the list below)
+    synthloop fit --config configs/quickstart.yaml           (any LightningCLI recipe; --print_config, --resume auto)
+    synthloop validate --config ... --ckpt_path runs/.../last.ckpt
+    synthloop continual --config configs/gift/toy.yaml       (GIFT / continual-learning task sequences)
+    synthloop datagen world --help                           (materialise a generator to WebDataset shards)
+    synthloop unicorn-toy | visionzero-toy | visionzero-eval ...
 
-Every run writes its fully resolved config (``config.yaml``) next to its logs and checkpoints.
-A config mistake (unknown key, wrong type, missing file) ends with one line naming the key.
+This module imports nothing heavy: a subcommand's module is imported only when it runs, and the
+argparse-based subcommands parse (and answer ``--help``) before they import torch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
-from pathlib import Path
+from importlib import import_module
 
-import pytorch_lightning as pl
-from pytorch_lightning.cli import LightningCLI
-
-from datagen.errors import config_error_line
-from train.core.datamodule import OnlineDataModule
-
-
-class SynthloopCLI(LightningCLI):
-    """LightningCLI with synthloop's defaults: the run directory holds config, logs and checkpoints."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--run_name", type=str | None, default=None,
-                            help="name of the run directory under trainer.default_root_dir (default: derived "
-                                 "from the config file name)")
-        # resilience (train/core/resilience.py, train/core/strategies.py)
-        parser.add_argument("--resume", type=str | None, default=None,
-                            help="auto: continue from the run directory's newest complete checkpoint if there is "
-                                 "one (same command after a crash), else start fresh")
-        parser.add_argument("--collective_timeout", type=float | None, default=None,
-                            help="seconds a rank waits in a collective for a dead or stuck peer before failing "
-                                 "(default: $SYNTHLOOP_COLLECTIVE_TIMEOUT_S, else torch's 30 min)")
-
-    def before_instantiate_classes(self) -> None:
-        cfg = self.config.get(str(self.subcommand), self.config)
-        resume = cfg.get("resume")
-        if resume not in (None, "auto", "never"):
-            raise SystemExit(f"synthloop: error: --resume must be 'auto' or 'never', got {resume!r}")
-        if resume == "auto" and self.subcommand == "fit":
-            from train.core.resilience import apply_resume_auto
-
-            apply_resume_auto(cfg)
-
-    def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
-        from train.core.resilience import default_callbacks, harden_trainer
-        from train.core.strategies import resolve_strategy
-
-        cfg = self.config.get(str(self.subcommand), self.config)
-        config["strategy"] = resolve_strategy(config.get("strategy", "auto"), config.get("accelerator", "auto"),
-                                              cfg.get("collective_timeout"))
-        callbacks = list(callbacks) + default_callbacks(list(config.get("callbacks") or []) + list(callbacks))
-        return harden_trainer(super()._instantiate_trainer(config, callbacks))
+# name -> (module:function, one-line description). Functions take argv (without the subcommand).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fit": ("train.core.cli:lightning_main", "train a recipe from a YAML config (LightningCLI; --resume auto)"),
+    "validate": ("train.core.cli:lightning_main", "run a recipe's validation on a checkpoint (LightningCLI)"),
+    "continual": ("train.gift.runner:main", "a continual-learning task sequence end to end (GIFT and baselines)"),
+    "datagen": ("datagen.cli:main", "materialise a generator to WebDataset shards, resumable (world, unicorn)"),
+    "unicorn-toy": ("train.unicorn.toy:main", "the Unicorn toy recipe end to end (text LM -> stage A -> stage B -> VQA)"),
+    "visionzero-toy": ("train.visionzero.toy:main", "the Vision-Zero toy recipe end to end (SFT -> self-play -> eval)"),
+    "visionzero-eval": ("train.visionzero.evaluate:main", "held-out spy games: trained vs base policy tables, phase plot"),
+}
+LIGHTNING = ("fit", "validate", "test", "predict")
 
 
-def _check_config_files(argv: list[str]) -> None:
-    for i, arg in enumerate(argv):
-        path = None
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        if path is not None and not Path(path).is_file():
-            raise SystemExit(f"synthloop: error: config file {path!r} does not exist")
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: synthloop <command> [--help] ...", "",
+             "synthloop: training harness whose data is synthesized online. Commands:", ""]
+    lines += [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
+    lines += ["", "Each command has its own --help. Docs: README.md, docs/."]
+    return "\n".join(lines)
 
 
-def run_cli(argv: list[str] | None = None, **kwargs) -> SynthloopCLI:
-    """Run LightningCLI on ``argv`` (a test calls this directly with ``run=False``)."""
-    return SynthloopCLI(
-        pl.LightningModule,
-        OnlineDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False},
-        args=argv,
-        **kwargs,
-    )
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("train", "datagen", "models"):  # our own progress at INFO; libraries stay quiet
+        logging.getLogger(name).setLevel(os.environ.get("SYNTHLOOP_LOG", "INFO"))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``synthloop`` console command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    sys.argv = sys.argv[:1] + argv  # LightningCLI warns when args and sys.argv disagree
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("train", "datagen", "models"):  # our own progress at INFO; libraries stay quiet
-        logging.getLogger(name).setLevel(os.environ.get("SYNTHLOOP_LOG", "INFO"))
-    _check_config_files(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        if not argv:
+            raise SystemExit(2)
+        return
+    name, rest = argv[0], argv[1:]
+    if name in LIGHTNING:
+        target = COMMANDS["fit"][0]
+        rest = argv  # LightningCLI parses the subcommand itself
+    elif name in COMMANDS:
+        target = COMMANDS[name][0]
+    else:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SystemExit(f"synthloop: error: unknown command {name!r}{hint}; `synthloop --help` lists them")
+    # subcommand parsers then show `usage: synthloop <command> ...`
+    sys.argv = [f"synthloop {name}" if name not in LIGHTNING else "synthloop", *rest]
+    _setup_logging()
+    module, func = target.split(":")
     try:
-        if argv and argv[0] == "continual":
-            from train.gift.runner import main as continual_main
-
-            continual_main(argv[1:])
-            return
-        if argv and argv[0] == "datagen":
-            from datagen.cli import main as datagen_main
-
-            datagen_main(argv[1:])
-            return
-        if argv and argv[0] == "unicorn-toy":
-            from train.unicorn.toy import main as unicorn_toy_main
-
-            unicorn_toy_main(argv[1:])
-            return
-        run_cli(argv)
-    except Exception as exc:
-        from jsonargparse import ArgumentError
-
-        if isinstance(exc, ArgumentError) or type(exc).__name__ in ("ArgumentError", "NSKeyError"):
-            configs = [a for i, a in enumerate(argv) if i > 0 and argv[i - 1] in ("--config", "-c")]
-            where = f" in {', '.join(configs)}" if configs else ""
-            raise SystemExit(f"synthloop: config error{where}: {config_error_line(exc)}") from None
-        raise
+        import_module(module).__dict__[func](rest)
     finally:
-        import torch.distributed as dist
+        if "torch.distributed" in sys.modules:  # under torchrun: leave no process group behind
+            import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
 
 
 if __name__ == "__main__":

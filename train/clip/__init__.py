@@ -5,8 +5,23 @@
 * :mod:`.zeroshot` -- template-ensemble zero-shot accuracy on :class:`datagen.evalset.EvalSet` s.
 """
 
-from .pretrain import CaptionTransform, CLIPPretrain
-from .zeroshot import build_world_eval_sets, eval_loader, format_accuracy_table, zero_shot_accuracy
+from __future__ import annotations
 
-__all__ = ["CLIPPretrain", "CaptionTransform", "build_world_eval_sets", "eval_loader", "format_accuracy_table",
-           "zero_shot_accuracy"]
+_EXPORTS = {
+    "CLIPPretrain": ".pretrain",
+    "CaptionTransform": ".pretrain",
+    "build_world_eval_sets": ".zeroshot",
+    "eval_loader": ".zeroshot",
+    "format_accuracy_table": ".zeroshot",
+    "zero_shot_accuracy": ".zeroshot",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: importing the package (e.g. for ``synthloop <cmd> --help``) does not import torch or Lightning.
+    if name in _EXPORTS:
+        from importlib import import_module
+
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

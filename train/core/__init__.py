@@ -10,9 +10,23 @@
 * :mod:`.vlm_data` -- token-level chat examples for the VLM trainers.
 """
 
-from .callbacks import DataMonitor, SampleGridLogger, ThroughputMonitor
-from .datamodule import OnlineDataModule, collate_samples
-from .preemption import PreemptionCheckpoint
+from __future__ import annotations
 
-__all__ = ["DataMonitor", "OnlineDataModule", "PreemptionCheckpoint", "SampleGridLogger", "ThroughputMonitor",
-           "collate_samples"]
+_EXPORTS = {
+    "DataMonitor": ".callbacks",
+    "SampleGridLogger": ".callbacks",
+    "ThroughputMonitor": ".callbacks",
+    "OnlineDataModule": ".datamodule",
+    "collate_samples": ".datamodule",
+    "PreemptionCheckpoint": ".preemption",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: importing the package (e.g. for ``synthloop <cmd> --help``) does not import torch or Lightning.
+    if name in _EXPORTS:
+        from importlib import import_module
+
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

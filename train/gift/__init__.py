@@ -6,7 +6,23 @@
 * :mod:`.runner` -- ``synthloop continual``: the task sequence end to end, resumable.
 """
 
-from .metrics import AccuracyMatrix, cl_metrics, format_matrix_table
-from .module import GIFTTask, method_parts, uses_replay
+from __future__ import annotations
 
-__all__ = ["AccuracyMatrix", "GIFTTask", "cl_metrics", "format_matrix_table", "method_parts", "uses_replay"]
+_EXPORTS = {
+    "AccuracyMatrix": ".metrics",
+    "cl_metrics": ".metrics",
+    "format_matrix_table": ".metrics",
+    "GIFTTask": ".module",
+    "method_parts": ".module",
+    "uses_replay": ".module",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: importing the package (e.g. for ``synthloop <cmd> --help``) does not import torch or Lightning.
+    if name in _EXPORTS:
+        from importlib import import_module
+
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

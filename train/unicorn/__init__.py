@@ -5,6 +5,19 @@
 * :mod:`.toy` -- ``synthloop unicorn-toy``: the toy recipe end to end on the scene world.
 """
 
-from .module import UnicornVLM, clip_gap_diagnostics
+from __future__ import annotations
 
-__all__ = ["UnicornVLM", "clip_gap_diagnostics"]
+_EXPORTS = {
+    "UnicornVLM": ".module",
+    "clip_gap_diagnostics": ".module",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: importing the package (e.g. for ``synthloop <cmd> --help``) does not import torch or Lightning.
+    if name in _EXPORTS:
+        from importlib import import_module
+
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -56,6 +56,7 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
         n_objects: tuple[int, int] = (1, 1), seed: int = 0) -> dict:
     import torch
 
+    from datagen.text.corpus import world_corpus
     from models.tiny_lm import build_tiny_lm
     from train.unicorn.module import clip_gap_diagnostics
     from train.unicorn.vqa_eval import build_world_vqa
@@ -82,7 +83,7 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
     lm_world = outp / "lm_world"
     if not (lm_world / "vlm_config.json").is_file():
         t = time.time()
-        build_tiny_lm(outp / "lm_init", hidden=lm_hidden, layers=lm_layers, seed=seed)
+        build_tiny_lm(outp / "lm_init", texts=world_corpus(), hidden=lm_hidden, layers=lm_layers, seed=seed)
         _fit("configs/unicorn/toy_text.yaml", common + [f"--model.init_args.lm_path={outp / 'lm_init'}",
                                                         f"--model.init_args.export_dir={lm_world}",
                                                         f"--trainer.max_steps={text_steps}"])

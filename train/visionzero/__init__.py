@@ -8,7 +8,19 @@
 * :mod:`.toy` -- ``synthloop visionzero-toy``: SFT -> self-play -> evaluation.
 """
 
-from .module import VisionZeroSelfPlay
-from .sft import VisionZeroSFT
+from __future__ import annotations
 
-__all__ = ["VisionZeroSFT", "VisionZeroSelfPlay"]
+_EXPORTS = {
+    "VisionZeroSelfPlay": ".module",
+    "VisionZeroSFT": ".sft",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: importing the package (e.g. for ``synthloop <cmd> --help``) does not import torch or Lightning.
+    if name in _EXPORTS:
+        from importlib import import_module
+
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

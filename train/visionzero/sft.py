@@ -32,7 +32,8 @@ def build_toy_vlm(lm_path: str, *, vision_tower: dict[str, Any], num_visual_toke
     The tokenizer vocabulary is the world corpus plus rendered game prompts and targets, so every word the
     game uses is a token (``\\boxed{3}`` round-trips exactly).
     """
-    from models.tiny_lm import build_tiny_lm, world_corpus
+    from datagen.text.corpus import world_corpus
+    from models.tiny_lm import build_tiny_lm
     from models.vlm import build_vlm
 
     if not (Path(lm_path) / "config.json").is_file():

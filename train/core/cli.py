@@ -1,0 +1,130 @@
+"""``synthloop fit`` / ``synthloop validate``: LightningCLI with synthloop's defaults and one-line config errors.
+
+    synthloop fit --config configs/quickstart.yaml
+    synthloop fit --config configs/quickstart.yaml --print_config
+    synthloop validate --config configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
+    synthloop continual --config configs/gift/toy.yaml      (continual-learning task sequences)
+    synthloop fit --config ... --resume auto                 (after a crash: continue from the newest complete checkpoint)
+    synthloop fit --config ... --trainer.strategy=deepspeed_stage_3 --collective_timeout=600
+    synthloop datagen unicorn --config configs/unicorn/datagen_world.yaml   (materialise synthetic data)
+    synthloop unicorn-toy                                    (the Unicorn toy recipe end to end)
+
+Every run writes its fully resolved config (``config.yaml``) next to its logs and checkpoints.
+A config mistake (unknown key, wrong type, missing file) ends with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.cli import LightningCLI
+
+from datagen.errors import config_error_line
+from train.core.datamodule import OnlineDataModule
+
+
+class SynthloopCLI(LightningCLI):
+    """LightningCLI with synthloop's defaults: the run directory holds config, logs and checkpoints."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="name of the run directory under trainer.default_root_dir (default: derived "
+                                 "from the config file name)")
+        # resilience (train/core/resilience.py, train/core/strategies.py)
+        parser.add_argument("--resume", type=str | None, default=None,
+                            help="auto: continue from the run directory's newest complete checkpoint if there is "
+                                 "one (same command after a crash), else start fresh")
+        parser.add_argument("--collective_timeout", type=float | None, default=None,
+                            help="seconds a rank waits in a collective for a dead or stuck peer before failing "
+                                 "(default: $SYNTHLOOP_COLLECTIVE_TIMEOUT_S, else torch's 30 min)")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config.get(str(self.subcommand), self.config)
+        resume = cfg.get("resume")
+        if resume not in (None, "auto", "never"):
+            raise SystemExit(f"synthloop: error: --resume must be 'auto' or 'never', got {resume!r}")
+        if resume == "auto" and self.subcommand == "fit":
+            from train.core.resilience import apply_resume_auto
+
+            apply_resume_auto(cfg)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
+        from train.core.resilience import default_callbacks, harden_trainer
+        from train.core.strategies import resolve_strategy
+
+        cfg = self.config.get(str(self.subcommand), self.config)
+        config["strategy"] = resolve_strategy(config.get("strategy", "auto"), config.get("accelerator", "auto"),
+                                              cfg.get("collective_timeout"))
+        callbacks = list(callbacks) + default_callbacks(list(config.get("callbacks") or []) + list(callbacks))
+        return harden_trainer(super()._instantiate_trainer(config, callbacks))
+
+
+def _check_config_files(argv: list[str]) -> None:
+    for i, arg in enumerate(argv):
+        path = None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        if path is not None and not Path(path).is_file():
+            raise SystemExit(f"synthloop: error: config file {path!r} does not exist")
+
+
+def run_cli(argv: list[str] | None = None, **kwargs) -> SynthloopCLI:
+    """Run LightningCLI on ``argv`` (a test calls this directly with ``run=False``)."""
+    return SynthloopCLI(
+        pl.LightningModule,
+        OnlineDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
+        args=argv,
+        **kwargs,
+    )
+
+
+def fit_stage(config: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
+              progress_bar: bool = False) -> float:
+    """Run one ``synthloop fit`` stage in this process; return its wall time in seconds.
+
+    The one way the toy runners chain their stages (Unicorn text -> align -> instruct, Vision-Zero
+    SFT -> self-play): exactly what ``synthloop fit --config CONFIG OVERRIDES...`` does, so every stage
+    can also be run by hand. A failing stage raises; a config mistake raises ``SystemExit`` with one line.
+    """
+    import time
+
+    argv = ["fit", "--config", os.fspath(config), *([] if progress_bar else ["--trainer.enable_progress_bar=false"]),
+            *overrides]
+    t0 = time.perf_counter()
+    try:
+        run_cli(argv)
+    except Exception as exc:
+        from jsonargparse import ArgumentError
+
+        if isinstance(exc, ArgumentError) or type(exc).__name__ in ("ArgumentError", "NSKeyError"):
+            raise SystemExit(f"synthloop: config error in {config}: {config_error_line(exc)}") from None
+        raise
+    return time.perf_counter() - t0
+
+
+def lightning_main(argv: list[str]) -> None:
+    """``synthloop fit|validate|test|predict ...``: LightningCLI, a config mistake ends in one line."""
+    argv = list(argv)
+    sys.argv = sys.argv[:1] + argv  # LightningCLI warns when args and sys.argv disagree
+    _check_config_files(argv)
+    try:
+        run_cli(argv)
+    except Exception as exc:
+        from jsonargparse import ArgumentError
+
+        if isinstance(exc, ArgumentError) or type(exc).__name__ in ("ArgumentError", "NSKeyError"):
+            configs = [a for i, a in enumerate(argv) if i > 0 and argv[i - 1] in ("--config", "-c")]
+            where = f" in {', '.join(configs)}" if configs else ""
+            raise SystemExit(f"synthloop: config error{where}: {config_error_line(exc)}") from None
+        raise
