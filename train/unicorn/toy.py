@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("real", "mean_shift", "raw", "mean_shift_noise", "ideal", "realign")
 
 
-def _fit(config: str, overrides: list[str]) -> None:
-    from train.cli import run_cli
+def _fit(config: str, overrides: list[str]) -> float:
+    from train.core.cli import fit_stage
 
-    run_cli(["fit", "--config", str(ROOT / config), "--trainer.enable_progress_bar=false", *overrides])
+    return fit_stage(ROOT / config, overrides)
 
 
 def _variant_args(variant: str, noise_std: float) -> list[str]:
@@ -190,9 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     sys.argv = sys.argv[:1]  # the stages get their own argument lists (LightningCLI warns about a mismatch)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("train", "datagen", "models"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    if not logging.getLogger().handlers:  # run as `python -m train.unicorn.toy`, not through `synthloop`
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for name in ("train", "datagen", "models"):
+            logging.getLogger(name).setLevel(logging.INFO)
     run(a.out, a.clip, tuple(a.variants), a.text_steps, a.align_steps, a.instruct_steps, a.noise_std, a.vqa_images,
         align_train_lm=a.align_train_lm, n_objects=tuple(a.n_objects), seed=a.seed)
 

@@ -22,5 +22,6 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         from importlib import import_module
 
-        return getattr(import_module(_EXPORTS[name], __name__), name)
+        value = globals()[name] = getattr(import_module(_EXPORTS[name], __name__), name)
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

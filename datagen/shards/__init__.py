@@ -1,0 +1,28 @@
+"""WebDataset shard export and import.
+
+Export (:func:`write_shards`, :func:`export_stream`) turns samples into ``{prefix}-%06d.tar`` shards in the
+layout open_clip's trainer reads (``<key>.jpg`` + ``<key>.txt``); import (:class:`ShardStream`) reads them
+back through the same deterministic, resumable slot machinery as the online generator streams
+(:mod:`datagen.stream`), so a run can switch between online data and frozen shards without changes on the
+training side.
+
+* :mod:`.codec` -- sample <-> tar member encoding (the field <-> extension table is in its docstring);
+* :mod:`.writer` -- atomic, resumable :func:`write_shards`, :func:`export_stream`, ``manifest.json``;
+* :mod:`.reader` -- :class:`ShardStream`, damaged-shard handling, :func:`expand_urls`.
+
+Keys (``__key__``) must not contain ``.``: WebDataset splits member names at the first dot.
+"""
+
+from models.io import fsync_dir as _fsync_dir  # noqa: F401  (compat: train.core.resilience imports it from here)
+
+from .codec import (IMAGE_EXTS, MAIN_IMAGE_FIELD, MAIN_LABEL_FIELD, MANIFEST_NAME, SIZES_NAME, _decode_image,
+                    _encode_image, _json_bytes, decode_members, encode_sample)
+from .reader import CorruptShardError, ShardStream, _CorruptSample, _scan_tar, expand_urls
+from .writer import (_TMP_SUFFIX, ShardSetInfo, _AtomicShard, _existing_shards, _shard_name, export_stream,
+                     read_manifest, write_shards)
+
+__all__ = [
+    "IMAGE_EXTS", "MAIN_IMAGE_FIELD", "MAIN_LABEL_FIELD", "MANIFEST_NAME", "SIZES_NAME", "CorruptShardError",
+    "ShardSetInfo", "ShardStream", "decode_members", "encode_sample", "expand_urls", "export_stream",
+    "read_manifest", "write_shards",
+]
