@@ -33,6 +33,11 @@ Sample = dict[str, Any]
 
 BOOKKEEPING_KEYS = ("__slot__", "__pos__", "__produced__", "__dropped__")
 
+#: Invalid samples in a row (failed ``generate``, rejected by ``validate``, failed transform) after which a
+#: slot stops with ``RuntimeError``: a broken source, not bad luck. Single failures are dropped and counted.
+#: Configs set it as ``data.init_args.max_consecutive_failures`` (:class:`train.core.datamodule.OnlineDataModule`).
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 1000
+
 
 class SampleGenerator:
     """Base class of sample generators (what the online stream needs from one).
@@ -73,7 +78,7 @@ class SlotStream(IterableDataset):
         seed: int = 0,
         transform: Callable[[Sample], Sample] | None = None,
         validate: Callable[[Sample], str | None] | None = None,
-        max_consecutive_failures: int = 1000,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
     ) -> None:
         super().__init__()
         self.seed = int(seed)

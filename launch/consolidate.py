@@ -21,7 +21,7 @@ process). The output is the full fp32 state dict of the trained model (by defaul
 
 Loading is safe: checkpoint files are read with ``torch.load(weights_only=True)``; DeepSpeed shards are
 first checked to contain no pickled classes beyond DeepSpeed's own loss-scaler/enum/fragment records.
-Outputs are written atomically (temp file + rename).
+Outputs are written atomically (:func:`models.io.atomic_write`: temp file, fsync, rename).
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if str(ROOT) not in sys.path:  # run as a script (``python launch/consolidate.py``): the repository's packages
     sys.path.insert(0, str(ROOT))
+
+from models.io import atomic_write  # noqa: E402  (after the sys.path line above)
 
 
 def _deepspeed_allowlist() -> list:
@@ -75,7 +77,7 @@ def _client_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
 
 def load_full_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(LightningModule state dict in fp32, Lightning client state) from a DeepSpeed dir or a .ckpt file."""
-    from train.core.resilience import checkpoint_problem
+    from train.core.checkpoints import checkpoint_problem
 
     path = Path(path)
     problem = checkpoint_problem(path)
@@ -107,17 +109,6 @@ def select(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return out
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_weights(state: dict[str, torch.Tensor], client: dict[str, Any], out: Path, source: str) -> None:
     hp = client.get("hyper_parameters") or {}
     if out.suffix == ".safetensors":
@@ -127,11 +118,11 @@ def write_weights(state: dict[str, torch.Tensor], client: dict[str, Any], out: P
         meta = {"source": source, "global_step": str(client.get("global_step", ""))}
         if hp.get("model_name"):
             meta["model_name"] = str(hp["model_name"])
-        _atomic(out, lambda p: save_file(tensors, str(p), metadata=meta))
+        atomic_write(out, lambda p: save_file(tensors, p, metadata=meta))
     else:
         doc = {"state_dict": state, "model_name": hp.get("model_name"), "global_step": client.get("global_step"),
                "source": source}
-        _atomic(out, lambda p: torch.save(doc, p))
+        atomic_write(out, lambda p: torch.save(doc, p))
     print(f"wrote {len(state)} tensors ({sum(v.numel() for v in state.values()):,} values) to {out}")
 
 

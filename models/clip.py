@@ -24,6 +24,8 @@ from typing import Any
 import open_clip
 import torch
 
+from models.io import atomic_write
+
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
 
@@ -83,13 +85,11 @@ def create_clip(
 
 
 def save_open_clip_checkpoint(model: torch.nn.Module, path: str | Path, model_name: str, **extra: Any) -> Path:
-    """Write ``model`` in open_clip's checkpoint format, atomically (temp file + rename)."""
+    """Write ``model`` in open_clip's checkpoint format, atomically and durably (:func:`models.io.atomic_write`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"state_dict": state, "model_name": model_name, **extra}, tmp)
-    os.replace(tmp, path)
+    doc = {"state_dict": state, "model_name": model_name, **extra}
+    atomic_write(path, lambda tmp: torch.save(doc, tmp))
     return path
 
 

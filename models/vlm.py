@@ -1,6 +1,6 @@
 """An embedding-input vision-language model: pooled embedding -> MLP projector -> K tokens -> any HF causal LM.
 
-LLaVA-style, as Unicorn uses it (``shared/methods/unicorn.md``) and Vision-Zero reuses it::
+LLaVA-style, as Unicorn uses it (``docs/specs/unicorn.md``) and Vision-Zero reuses it::
 
     image_embeds (B, D) --projector (Linear, GELU, Linear)--> (B, H) --repeat K--> (B, K, H)
     text "... <image> ..."  --expand_image_tokens--> "... <image><image>...(K)..."  --> token ids
@@ -30,6 +30,12 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from models.io import atomic_write, atomic_write_text
+
+#: Images per forward when a vision tower embeds a whole pool (:meth:`OpenCLIPVisionTower.set_reference_mean`,
+#: Unicorn's unpaired image pool): inference on a frozen tower in eval mode, so it sets memory use only.
+ENCODE_BATCH_SIZE = 256
 
 IMAGE_TOKEN = "<image>"
 CONFIG_NAME = "vlm_config.json"
@@ -104,7 +110,7 @@ class OpenCLIPVisionTower(nn.Module):
         return self
 
     @torch.no_grad()
-    def set_reference_mean(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    def set_reference_mean(self, images: torch.Tensor, batch_size: int = ENCODE_BATCH_SIZE) -> torch.Tensor:
         """Set ``image_mean`` to the mean normalised embedding of a reference image pool; return it."""
         self.image_mean.zero_()
         feats = torch.cat([self.encode(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
@@ -250,15 +256,14 @@ class EmbeddingVLM(nn.Module):
         lm.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
-        save_file(tensors, str(path / "projector.safetensors"))
+        atomic_write(path / "projector.safetensors", lambda tmp: save_file(tensors, tmp))
         config = asdict(self.config)
         if self.vision_tower is not None and hasattr(self.vision_tower, "spec"):
             config["vision_tower"] = self.vision_tower.spec()
             vt = {k: v.detach().cpu().contiguous() for k, v in self.vision_tower.state_dict().items()}
-            save_file(vt, str(path / "vision_tower.safetensors"))
-        tmp = path / f".{CONFIG_NAME}.tmp"
-        tmp.write_text(json.dumps(config, indent=2))
-        os.replace(tmp, path / CONFIG_NAME)
+            atomic_write(path / "vision_tower.safetensors", lambda tmp: save_file(vt, tmp))
+        # written last: its presence marks a complete folder (from_pretrained and the toy's skip checks read it)
+        atomic_write_text(path / CONFIG_NAME, json.dumps(config, indent=2))
         return path
 
     @classmethod

@@ -57,7 +57,7 @@ def test_print_config_resolves_defaults(tmp_path):
     proc = _run("fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--print_config", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = yaml.safe_load(proc.stdout)
-    assert cfg["model"]["class_path"] == "train.clip.pretrain.CLIPPretrain"
+    assert cfg["model"]["class_path"] == "train.clip.CLIPPretrain"  # the short path configs use
     assert cfg["model"]["init_args"]["model_name"] == "synthloop-tiny-rn64"
     assert cfg["data"]["init_args"]["generator"]["class_path"] == "datagen.world.WorldCaptions"
     # defaults not written in the file are resolved too
@@ -106,3 +106,35 @@ def test_continual_config_mistake_is_one_line(tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("synthloop: config error in ") and "steps_per_tsk" in last, proc.stderr[-2000:]
+
+
+def test_synthloop_help_lists_every_command_with_a_description(tmp_path):
+    from train.cli import COMMANDS
+
+    proc = _run("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage: synthloop <command>")
+    for name, (_, what) in COMMANDS.items():
+        assert f"  {name} " in proc.stdout and what in proc.stdout
+    for name in ("fit", "validate", "continual", "datagen", "unicorn-toy", "visionzero-toy", "visionzero-eval"):
+        assert name in COMMANDS
+
+
+def test_synthloop_alone_prints_the_command_list_and_fails(tmp_path):
+    proc = _run(cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "usage: synthloop <command>" in proc.stdout and "continual" in proc.stdout
+
+
+def test_an_unknown_command_is_one_line_with_a_suggestion(tmp_path):
+    proc = _run("contnual", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "synthloop: error: unknown command 'contnual' (did you mean 'continual'?); `synthloop --help` lists them")
+
+
+@pytest.mark.parametrize("command", ["continual", "datagen", "unicorn-toy", "visionzero-toy", "visionzero-eval"])
+def test_every_command_has_its_own_help_naming_it(tmp_path, command):
+    proc = _run(command, "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"synthloop {command}" in proc.stdout.splitlines()[0], proc.stdout[:500]

@@ -68,3 +68,11 @@ def test_a_task_lr_for_a_task_outside_the_sequence_is_refused(tmp_path):
         runner.continual(out_dir=str(tmp_path / "run"), replay_cache=str(tmp_path / "cache"),
                          **{**COMMON, "task_lr": {"digit": 5e-3}})
     assert not (tmp_path / "cache").exists()  # refused before any replay set is made
+
+
+def test_task_stream_seeds_come_from_a_seed_sequence():
+    """Each task's stream seed is SeedSequence([seed, t])'s first word: distinct over seeds x tasks (the old
+    seed * 1000 + t made seed 1's task 1000 the same stream as seed 2's task 0)."""
+    assert runner.task_stream_seed(42, 3) == int(np.random.SeedSequence([42, 3]).generate_state(1)[0])
+    seeds = {runner.task_stream_seed(s, t) for s in range(4) for t in range(0, 2001, 250)}
+    assert len(seeds) == 4 * 9

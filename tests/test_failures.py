@@ -15,10 +15,10 @@ import pytorch_lightning as pl
 import torch
 from conftest import CountingGenerator
 
+from train.core.checkpoints import (AtomicCheckpointIO, AtomicModelCheckpoint, apply_resume_auto, checkpoint_problem,
+                                    commit, find_resume_checkpoint, harden_trainer, latest_checkpoint, partial_path)
 from train.core.datamodule import OnlineDataModule
-from train.core.resilience import (AtomicCheckpointIO, AtomicModelCheckpoint, FaultInjection, NonFiniteGuard,
-                              NonFiniteLossError, apply_resume_auto, checkpoint_problem, commit,
-                              find_resume_checkpoint, guard_loss, harden_trainer, partial_path)
+from train.core.resilience import FaultInjection, NonFiniteGuard, NonFiniteLossError, guard_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,6 +165,41 @@ def test_deepspeed_directories_are_swapped_in_and_checked(tmp_path):
     shard.write_bytes(shard.read_bytes()[:50])
     assert "zero_pp_rank_0" in checkpoint_problem(ckpts / ".last.ckpt.old")
     assert find_resume_checkpoint(ckpts) is None
+
+
+def test_the_resume_rule_highest_step_then_newest_complete_ones_only(tmp_path, caplog):
+    """The one selector (--resume auto, synthloop continual, the SLURM requeue): the highest global_step wins
+    over a newer file; a torn file, a hidden partial one and a temporary are never picked."""
+    run = tmp_path / "run"
+    (run / "version_0" / "checkpoints").mkdir(parents=True)
+    far = run / "version_0" / "checkpoints" / "step000040.ckpt"
+    torch.save({"global_step": 40}, far)
+    torch.save({"global_step": 30}, run / "last.ckpt")  # newer, but behind: the step decides, not the name
+    os.utime(far, (1_000_000, 1_000_000))
+    torn = run / "hpc_ckpt_2.ckpt"
+    torch.save({"global_step": 90}, torn)
+    torn.write_bytes(torn.read_bytes()[:60])  # a save killed half-way on a non-atomic file system
+    torch.save({"global_step": 99}, run / ".hpc-ckpt-3.partial")  # being written: hidden, never a candidate
+    torch.save({"global_step": 98}, run / ".last.ckpt.tmp-123")  # an atomic write's orphaned temporary
+    torch.save({"global_step": 97}, run / ".step000097.ckpt")  # hidden: never a candidate
+    assert latest_checkpoint(run) == (far, 40)
+    assert find_resume_checkpoint(run) == str(far)
+    assert "skipping checkpoint" in caplog.text and str(torn) in caplog.text
+    # equal steps: the newest file
+    same = run / "version_0" / "checkpoints" / "last.ckpt"
+    torch.save({"global_step": 40}, same)
+    assert latest_checkpoint(run) == (same, 40)
+    # a checkpoint without a step is not a Lightning checkpoint: skipped, named
+    torch.save({"weights": torch.ones(1)}, run / "step999999.ckpt")
+    assert latest_checkpoint(run) == (same, 40) and "step999999.ckpt" in caplog.text
+    # a DeepSpeed directory is one candidate (ZeRO-3 names its rank-0 shard zero_pp_rank_0_...); never searched inside
+    ds = run / "ds" / "last.ckpt"
+    (ds / "checkpoint").mkdir(parents=True)
+    (ds / "latest").write_text("checkpoint")
+    torch.save({"global_step": 60}, ds / "checkpoint" / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    torch.save({"global_step": 70}, ds / "checkpoint" / "inner.ckpt")
+    assert latest_checkpoint(run) == (ds, 60)
+    assert latest_checkpoint(tmp_path / "missing") is None
 
 
 def test_resume_auto_finds_the_run_directory_and_pins_its_version(tmp_path):

@@ -29,7 +29,8 @@ import psutil
 import pytest
 import torch
 
-from train.core.resilience import find_resume_checkpoint, read_trace
+from train.core.checkpoints import find_resume_checkpoint
+from train.core.resilience import read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 420

@@ -256,3 +256,22 @@ def test_open_clip_reads_our_shards(tmp_path, monkeypatch):
     images, texts = next(iter(data.dataloader))
     assert images.shape == (4, 3, 24, 24) and images.dtype == torch.float32
     assert texts.shape == (4, 77) and texts.dtype == torch.long
+
+
+def test_package_names_and_durable_renames(tmp_path, monkeypatch):
+    import datagen.shards as shards
+    from datagen.shards import writer
+    from models import io as mio
+
+    # the package keeps the old module's public names
+    for name in ("ShardStream", "write_shards", "export_stream", "read_manifest", "expand_urls", "encode_sample",
+                 "decode_members", "CorruptShardError", "ShardSetInfo", "MANIFEST_NAME", "SIZES_NAME"):
+        assert hasattr(shards, name), name
+    # every shard rename and both json files go through models.io's directory fsync
+    synced: list[tuple[str, str]] = []
+    real = mio.fsync_dir
+    monkeypatch.setattr(writer, "fsync_dir", lambda d: synced.append(("shard", os.path.abspath(d))) or real(d))
+    monkeypatch.setattr(mio, "fsync_dir", lambda d: synced.append(("json", os.path.abspath(d))) or real(d))
+    out, info = export(tmp_path, n=7, maxcount=3)
+    assert synced == [("shard", str(out))] * 3 + [("json", str(out))] * 2
+    assert sorted(os.listdir(out)) == ["manifest.json", *info.shards, "sizes.json"]

@@ -112,6 +112,7 @@ def test_latest_checkpoint_skips_unreadable_files(tmp_path):
     # DeepSpeed: a directory per checkpoint
     deepspeed = tmp_path.parent / f"{tmp_path.name}-ds" / "hpc_ckpt_1.ckpt" / "checkpoint"
     deepspeed.mkdir(parents=True)
+    (deepspeed.parent / "latest").write_text("checkpoint")  # the tag DeepSpeed writes last: a complete directory
     torch.save({"global_step": 50}, deepspeed / "mp_rank_00_model_states.pt")
     assert latest_checkpoint(deepspeed.parents[1]) == (deepspeed.parent, 50)
     out = subprocess.run([sys.executable, "-m", "train.core.preemption", "latest", str(tmp_path)], cwd=ROOT,

@@ -1,6 +1,6 @@
 """Unicorn stages 1-2 as an online generator (datagen.unicorn.stages.UnicornText) and its shard export
-(``synthloop datagen unicorn``, datagen.cli): determinism, valid items, rejection counting, seed files,
-resumable export, shards loading back into the OnlineDataModule."""
+(``synthloop datagen unicorn``: parsed by datagen.cli, run by datagen.unicorn.export): determinism, valid
+items, rejection counting, seed files, resumable export, shards loading back into the OnlineDataModule."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from datagen import cli as dgcli
+from datagen.unicorn import export as uexport
 from datagen.shards import ShardStream, read_manifest
 from datagen.stream import GeneratorStream, sample_rng, strip_bookkeeping, take
 from datagen.text import PROMPT_DIR, TextBackend, load_prompt
@@ -124,7 +125,7 @@ def test_rejections_dropped_and_counted(tmp_path):
     assert reasons == ["caption:refusal", "instructions:not_json", "instructions:truncated_json", None,
                        "instructions:refusal", "caption:empty"]
     # through GeneratorStream: only index 3 (mod 6) survives, the others are dropped and counted
-    log = dgcli.RejectLog(str(tmp_path / "drops.jsonl"), 0, validate=gen.validate)
+    log = uexport.RejectLog(str(tmp_path / "drops.jsonl"), 0, validate=gen.validate)
     got = take(GeneratorStream(gen, seed=0, validate=log.validate), 3)
     log.close()
     assert [s["json"]["index"] for s in got] == [3, 9, 15]
@@ -136,7 +137,7 @@ def test_rejections_dropped_and_counted(tmp_path):
     assert sum(log.dropped.values()) == got[-1]["__dropped__"]
     assert log.item_rejects == Counter(answer_letter=3, missing_field=3, not_json=3, truncated_json=3, refusal=2)
     # the export writes the same counts into the manifest
-    summary = dgcli.export_unicorn(UnicornText(stage="instructions", backend=FakeBackend()), tmp_path / "out", 2,
+    summary = uexport.export_unicorn(UnicornText(stage="instructions", backend=FakeBackend()), tmp_path / "out", 2,
                                    progress=False)
     meta = read_manifest(tmp_path / "out")["meta"]
     assert meta["dropped"] == EXPECTED_DROPS and meta["dropped_total"] == 8 == summary["dropped_total"]
@@ -147,11 +148,11 @@ def test_rejections_dropped_and_counted(tmp_path):
 
 
 def test_concurrent_export_matches_sequential(tmp_path):
-    seq = dgcli.export_unicorn(UnicornText(stage="instructions", backend=FakeBackend()), tmp_path / "a", 6,
+    seq = uexport.export_unicorn(UnicornText(stage="instructions", backend=FakeBackend()), tmp_path / "a", 6,
                                progress=False)
     backend = FakeBackend(delay=0.02)
     t0 = time.perf_counter()
-    par = dgcli.export_unicorn(UnicornText(stage="instructions", backend=backend), tmp_path / "b", 6,
+    par = uexport.export_unicorn(UnicornText(stage="instructions", backend=backend), tmp_path / "b", 6,
                                concurrency=8, progress=False)
     assert time.perf_counter() - t0 < 0.02 * backend.calls / 2 and len(backend.threads) > 1  # really concurrent
     for k in ("dropped", "item_rejects", "attempted", "written"):

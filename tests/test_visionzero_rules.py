@@ -1,4 +1,5 @@
-"""Vision-Zero game rules: vote parsing, rewards, RAE, group normalisation, phase control, win rates."""
+"""Vision-Zero game rules (vote parsing, rewards, win rates) and the training side's RAE, group
+normalisation and phase control, by hand-computed examples."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import math
 
 import pytest
 
-from datagen.visionzero import (NA, PhaseController, RoleAdvantage, civilians_win, clue_rewards, decision_rewards,
-                                group_normalize, observer_decision_rewards, parse_vote, vote_stats, win_rate)
+from datagen.visionzero import (NA, civilians_win, clue_rewards, decision_rewards, observer_decision_rewards,
+                                parse_vote, vote_stats, win_rate)
+from train.visionzero.advantage import RoleAdvantage, group_normalize
+from train.visionzero.phase import PhaseController
 
 # --- vote parsing ---------------------------------------------------------------------------------------
 

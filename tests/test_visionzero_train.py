@@ -12,7 +12,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from train.visionzero.module import VisionZeroSelfPlay, k3_kl, policy_loss
+from train.visionzero.config import GenerationConfig, LossConfig, PhaseConfig, RewardConfig
+from train.visionzero.module import VisionZeroSelfPlay, all_reduce_sum, k3_kl, policy_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_PROMPTS = str(ROOT / "configs/visionzero/prompts/game_toy.yaml")
@@ -88,9 +89,12 @@ def _trainer(tmp_path, steps, **kw):
                       default_root_dir=str(tmp_path), **kw)
 
 
-def _module(policy_dir, **kw):
-    args = dict(policy_path=policy_dir, prompts_path=TOY_PROMPTS, clue_max_new_tokens=6, decision_max_new_tokens=4,
-                temperature=1.0, lr=1e-3, phase={"k_min": 1, "patience": 2}, log_transcripts_every=0)
+def _module(policy_dir, generation=None, loss=None, rewards=None, **kw):
+    args = dict(policy_path=policy_dir, prompts_path=TOY_PROMPTS, lr=1e-3, phase=PhaseConfig(k_min=1, patience=2),
+                log_transcripts_every=0,
+                generation=GenerationConfig(**{"clue_max_new_tokens": 6, "decision_max_new_tokens": 4,
+                                               "temperature": 1.0, **(generation or {})}),
+                loss=LossConfig(**(loss or {})), rewards=RewardConfig(**(rewards or {})))
     args.update(kw)
     return VisionZeroSelfPlay(**args)
 
@@ -139,7 +143,7 @@ def test_inactive_stage_anchor_is_off_by_default_and_measured_when_on(tiny_polic
     metrics = {}
     for coef in (0.0, 1.0):
         pl.seed_everything(0)
-        m = _module(tiny_policy_dir, inactive_kl=coef, phase={"k_min": 1, "patience": 1000})  # decision only
+        m = _module(tiny_policy_dir, loss={"inactive_kl": coef}, phase=PhaseConfig(k_min=1, patience=1000))  # decision
         m.configure_model()
         with torch.no_grad():  # the policy has moved away from π_ref (as after some updates)
             for prm in m.vlm.lm.parameters():
@@ -158,7 +162,7 @@ def test_inactive_stage_anchor_is_off_by_default_and_measured_when_on(tiny_polic
     ck = {}
     m.on_save_checkpoint(ck)
     assert ck["visionzero"]["anchor"]["phase"] == "decision"
-    m2 = _module(tiny_policy_dir, inactive_kl=1.0)
+    m2 = _module(tiny_policy_dir, loss={"inactive_kl": 1.0})
     m2.configure_model()
     m2.on_load_checkpoint(ck)
     restored = m2.phase_anchor("decision")  # resumed mid-phase: the saved snapshot, not the current policy
@@ -166,7 +170,8 @@ def test_inactive_stage_anchor_is_off_by_default_and_measured_when_on(tiny_polic
 
 
 def test_rae_in_global_game_order_and_transcripts(tiny_policy_dir, tmp_path):
-    m = _module(tiny_policy_dir, log_transcripts_every=1, n_transcripts=1, decision="observer", observer_samples=3)
+    m = _module(tiny_policy_dir, log_transcripts_every=1, n_transcripts=1,
+                generation={"decision": "observer", "observer_samples": 3})
     m.configure_model()
     from datagen.stream import sample_rng
     from datagen.visionzero import GameSetups, WorldPairs
@@ -177,7 +182,7 @@ def test_rae_in_global_game_order_and_transcripts(tiny_policy_dir, tmp_path):
     assert timing["tokens"] > 0 and all(len(r.votes) == 3 for r in records)
     adv = m.score(records)
     # baselines updated game by game in index order (1, 3, 5), each BEFORE its game's advantage
-    from datagen.visionzero import RoleAdvantage
+    from train.visionzero.advantage import RoleAdvantage
 
     ref = RoleAdvantage(0.95)
     expect = {}
@@ -209,9 +214,7 @@ model:
   init_args:
     policy_path: {policy}
     prompts_path: {prompts}
-    clue_max_new_tokens: 5
-    decision_max_new_tokens: 4
-    temperature: 1.0
+    generation: {{clue_max_new_tokens: 5, decision_max_new_tokens: 4, temperature: 1.0}}
     lr: 0.001
     phase: {{k_min: 1, patience: 2}}
     log_transcripts_every: 0

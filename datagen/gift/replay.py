@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from datagen.shards import MANIFEST_NAME, ShardStream, read_manifest, write_shards
+from models.io import atomic_write_json
 
 from .backends import TextToImage, is_black
 from .prompts import PromptPool, pool_summary
@@ -82,12 +83,6 @@ def replay_set_dir(cache_root: str | os.PathLike, pool: PromptPool, n: int, seed
 def part_name(rank: int, world_size: int) -> str:
     """Sub-directory of rank ``rank``'s items under ``world_size`` ranks."""
     return f"w{world_size:03d}-r{rank:03d}"
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def is_complete(set_dir: str | os.PathLike) -> bool:
@@ -142,8 +137,9 @@ def _try_mark_complete(set_dir: Path, world_size: int) -> bool:
     summary = {"world_size": world_size, "parts": parts, "total": sum(read_manifest(set_dir / p)["total"]
                                                                         for p in parts),
                "dropped": sum(m.get("dropped", 0) for m in metas)}
-    # Every rank that sees all manifests writes the same content; os.replace makes the race harmless.
-    _atomic_json(set_dir / COMPLETE_NAME, summary)
+    # Every rank that sees all manifests writes the same content; atomic_write (a per-process temporary,
+    # then os.replace) makes the race harmless.
+    atomic_write_json(set_dir / COMPLETE_NAME, summary)
     return True
 
 
@@ -167,7 +163,7 @@ def make_replay_set(pool: PromptPool, n: int, seed: int, backend: TextToImage, o
         return set_dir
     part_dir = set_dir / part_name(rank, world_size)
     part_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_json(set_dir / SET_INFO_NAME, {
+    atomic_write_json(set_dir / SET_INFO_NAME, {
         "hash": replay_set_hash(pool, n, seed, backend, epoch), "n": n, "seed": seed, "epoch": epoch,
         "backend": backend.config(), "pool": pool_summary(pool), "format_version": FORMAT_VERSION})
     if (part_dir / MANIFEST_NAME).is_file():
@@ -241,7 +237,7 @@ def _generate_part(pool: PromptPool, n: int, seed: int, epoch: int, backend: Tex
     manifest = read_manifest(part_dir)
     if manifest["meta"].get("dropped") != len(dropped):
         manifest["meta"] = meta
-        _atomic_json(part_dir / MANIFEST_NAME, manifest)
+        atomic_write_json(part_dir / MANIFEST_NAME, manifest)
     if dropped:
         log.warning("replay part %s: %d of %d images dropped (all black / filtered)", part_dir, len(dropped),
                     len(items))

@@ -8,21 +8,21 @@ training side.
 
 * :mod:`.codec` -- sample <-> tar member encoding (the field <-> extension table is in its docstring);
 * :mod:`.writer` -- atomic, resumable :func:`write_shards`, :func:`export_stream`, ``manifest.json``;
-* :mod:`.reader` -- :class:`ShardStream`, damaged-shard handling, :func:`expand_urls`.
+* :mod:`.reader` -- :class:`ShardStream`, damaged-shard handling, :func:`expand_urls`;
+* :mod:`.export` -- :func:`export_generator`: any generator to shards, resumed by re-running, a changed
+  generator or seed refused (``synthloop datagen world``).
 
 Keys (``__key__``) must not contain ``.``: WebDataset splits member names at the first dot.
 """
 
-from models.io import fsync_dir as _fsync_dir  # noqa: F401  (compat: train.core.resilience imports it from here)
-
-from .codec import (IMAGE_EXTS, MAIN_IMAGE_FIELD, MAIN_LABEL_FIELD, MANIFEST_NAME, SIZES_NAME, _decode_image,
-                    _encode_image, _json_bytes, decode_members, encode_sample)
-from .reader import CorruptShardError, ShardStream, _CorruptSample, _scan_tar, expand_urls
-from .writer import (_TMP_SUFFIX, ShardSetInfo, _AtomicShard, _existing_shards, _shard_name, export_stream,
-                     read_manifest, write_shards)
+from .codec import (IMAGE_EXTS, MAIN_IMAGE_FIELD, MAIN_LABEL_FIELD, MANIFEST_NAME, SIZES_NAME, decode_members,
+                    encode_sample)
+from .export import RUN_FILE, export_generator
+from .reader import CorruptShardError, ShardStream, expand_urls
+from .writer import ShardSetInfo, export_stream, read_manifest, write_shards
 
 __all__ = [
-    "IMAGE_EXTS", "MAIN_IMAGE_FIELD", "MAIN_LABEL_FIELD", "MANIFEST_NAME", "SIZES_NAME", "CorruptShardError",
-    "ShardSetInfo", "ShardStream", "decode_members", "encode_sample", "expand_urls", "export_stream",
-    "read_manifest", "write_shards",
+    "IMAGE_EXTS", "MAIN_IMAGE_FIELD", "MAIN_LABEL_FIELD", "MANIFEST_NAME", "RUN_FILE", "SIZES_NAME",
+    "CorruptShardError", "ShardSetInfo", "ShardStream", "decode_members", "encode_sample", "expand_urls",
+    "export_generator", "export_stream", "read_manifest", "write_shards",
 ]

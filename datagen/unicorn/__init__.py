@@ -2,7 +2,10 @@
 
 * :mod:`.transfer` -- stage 3: text embeddings -> synthetic image embeddings (``modality_transfer``),
   running means, modality-gap diagnostics, test-time centring of real image embeddings;
-* :mod:`.parsing` -- stages 1-2: defensive parsing/validation of LLM captions and instruction JSON.
+* :mod:`.parsing` -- stages 1-2: defensive parsing/validation of LLM captions and instruction JSON;
+* :mod:`.stages` -- stages 1-2 as an online generator (``UnicornText``);
+* :mod:`.export` -- the shard export engine behind ``synthloop datagen unicorn`` (resumable, drop counting,
+  concurrent generation), with stage 3 at export time in :mod:`.stage3` (CLIP text embeddings).
 
 Text generation backends (LLM, HTTP server, the scene world's own writer) live in ``datagen.text``.
 """

@@ -3,7 +3,7 @@
 Every source implements ``pair(rng) -> {"original": PIL, "modified": PIL, "edit": dict, "source": str,
 "meta": dict}`` deterministically from the ``np.random.Generator`` (``meta`` is JSON-able extra detail).
 
-Spec (``shared/methods/visionzero.md``, "Image pairs"): CLEVR-like scenes whose spy copy replaces two
+Spec (``docs/specs/visionzero.md``, "Image pairs"): CLEVR-like scenes whose spy copy replaces two
 objects' shape and/or colour in place (:class:`WorldPairs`; ``blank_spy=True`` is the revised paper's
 blank spy image), charts with two values swapped (:class:`ChartPairs`), and edited photos supplied as
 files (:class:`FolderPairs`).

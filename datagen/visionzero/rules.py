@@ -1,32 +1,33 @@
-"""Pure game rules of Vision-Zero's "Who is the spy?": vote parsing, rewards, advantages, phase control.
+"""Pure game rules of Vision-Zero's "Who is the spy?": vote parsing, vote counts, rewards, outcomes.
 
-Source: ``shared/methods/visionzero.md`` (Vision-Zero, arXiv 2509.25541). The paper's algorithm is the
+Source: ``docs/specs/visionzero.md`` (Vision-Zero, arXiv 2509.25541). The paper's algorithm is the
 default everywhere; the released code's variants are options (named below). Seats are 1-based
 everywhere (seat ``k`` is "Player k"); per-seat lists are 0-based (index 0 = seat 1).
 
 A parsed vote is an ``int`` seat in ``1..N``, the string ``"N/A"`` (abstain) or ``None`` (invalid).
 Nothing here touches torch or a model: these functions are the verifiable part of the game and are
 unit-tested by hand-computed examples (``tests/test_visionzero_rules.py``).
+
+The rewards are game rules too: the zero-sum clue reward and the decision reward are fixed functions
+of one game's votes (who voted for whom), like its outcome, with no learning state. What the trainer
+makes of them -- group normalisation, Role Advantage Estimation, the Iterative-SPO phase switch -- is
+training logic and lives in :mod:`train.visionzero.advantage` and :mod:`train.visionzero.phase`; the
+run's reward settings are :class:`train.visionzero.config.RewardConfig`, applied in one place
+(:func:`train.visionzero.engine.score_game`).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Sequence
 
 NA = "N/A"
 Vote = int | str | None
 
-# --- hyperparameters (spec "Rewards" and "Optimisation" sections) ------------------------------------
+# --- reward constants (spec "Rewards") -----------------------------------------------------------------
 BETA = 0.1  # clue reward: weight of the spy-vs-civilians vote gap
 LAMBDA = 0.1  # clue reward: penalty on a civilian drawing more votes than the civilian mean
-RAE_ALPHA = 0.95  # Role Advantage Estimation baseline decay (released code: 0.9)
 DECISION_REWARDS = {"correct": 1.0, "abstain": -0.5, "wrong": -1.0}
-PHASE_RHO = 0.95  # EMA decay of decision accuracy / N/A rate, both start at 0
-TO_CLUE_ACC, TO_CLUE_NA = 0.9, 0.1  # decision -> clue when acc >= 0.9 and N/A <= 0.1 (spy too easy)
-TO_DEC_ERR, TO_DEC_NA = 0.4, 0.5  # clue -> decision when error >= 0.4 or N/A >= 0.5 (spy too hard)
-K_MIN, PATIENCE = 5, 20  # minimum stay in a phase; forced switch after this many iterations
 
 # --- vote parsing ------------------------------------------------------------------------------------
 _BOXED = re.compile(r"\\boxed\s*\{")
@@ -141,7 +142,7 @@ def observer_decision_rewards(samples: Sequence[Vote], spy: int, format_ok: Sequ
 
     r = 0.3·(2·format_ok − 1) + 1.2·acc + 0.99·[acc > 0], acc = 1 if the sample names the spy else 0
     (so a correct, well-formatted answer earns 2.49 and a malformed wrong one -0.3). The released code
-    then group-normalises the G rewards (:func:`group_normalize`).
+    then group-normalises the G rewards (:func:`train.visionzero.advantage.group_normalize`).
     """
     if len(samples) != len(format_ok):
         raise ValueError(f"{len(samples)} samples but {len(format_ok)} format flags")
@@ -152,75 +153,11 @@ def observer_decision_rewards(samples: Sequence[Vote], spy: int, format_ok: Sequ
     return out
 
 
-def group_normalize(rewards: Sequence[float], eps: float = 1e-6, ddof: int = 0) -> list[float]:
-    """Group-relative advantages within one game: (r − mean) / (std + ε).
-
-    ``ddof=0`` (default) is the population std: defined for a single voter (gives 0), and the
-    normalised group has unit variance exactly. TRL's GRPO uses ``torch.std`` (unbiased, ``ddof=1``);
-    pass ``ddof=1`` to match it. For a fixed group size the two differ by the constant factor
-    sqrt((n−1)/n), i.e. a rescaled learning rate. A group whose rewards are all equal has no signal and
-    returns exact zeros (no NaN, no 1e-11 rounding residue).
-    """
-    r = [float(x) for x in rewards]
-    n = len(r)
-    if n == 0:
-        return []
-    if max(r) == min(r) or n - ddof <= 0:
-        return [0.0] * n
-    mean = sum(r) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in r) / (n - ddof))
-    return [(x - mean) / (std + eps) for x in r]
-
-
-# --- role advantage estimation -----------------------------------------------------------------------
-class RoleAdvantage:
-    """Role Advantage Estimation (RAE) for the clue stage: one running baseline per role.
-
-    Spec: b_spy ← α b_spy + (1−α) r_spy and b_civ ← α b_civ + (1−α) mean_j r_cj, α = 0.95, both start
-    at 0 and are updated *before* the advantage is taken; A = r − b_role, with no further normalisation.
-    Use :meth:`step` per game (update, then advantages), or :meth:`update` and :meth:`advantages` apart.
-    """
-
-    def __init__(self, alpha: float = RAE_ALPHA) -> None:
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-        self.alpha = float(alpha)
-        self.b_spy = 0.0
-        self.b_civ = 0.0
-        self.n_updates = 0
-
-    def update(self, r_spy: float, civ_rewards: Sequence[float]) -> None:
-        """Fold one game's rewards into both baselines."""
-        if not civ_rewards:
-            raise ValueError("civ_rewards is empty: a game has at least one civilian")
-        a = self.alpha
-        self.b_spy = a * self.b_spy + (1 - a) * float(r_spy)
-        self.b_civ = a * self.b_civ + (1 - a) * (sum(map(float, civ_rewards)) / len(civ_rewards))
-        self.n_updates += 1
-
-    def advantages(self, r_spy: float, civ_rewards: Sequence[float]) -> tuple[float, list[float]]:
-        """``(r_spy − b_spy, [r_cj − b_civ, ...])`` against the current baselines (no update)."""
-        return float(r_spy) - self.b_spy, [float(r) - self.b_civ for r in civ_rewards]
-
-    def step(self, r_spy: float, civ_rewards: Sequence[float]) -> tuple[float, list[float]]:
-        """The spec's order for one game: update the baselines, then take the advantages."""
-        self.update(r_spy, civ_rewards)
-        return self.advantages(r_spy, civ_rewards)
-
-    def state_dict(self) -> dict:
-        return {"alpha": self.alpha, "b_spy": self.b_spy, "b_civ": self.b_civ, "n_updates": self.n_updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore the baselines (``alpha`` stays as constructed: it is configuration, not state)."""
-        self.b_spy, self.b_civ = float(state["b_spy"]), float(state["b_civ"])
-        self.n_updates = int(state.get("n_updates", 0))
-
-
-# --- Iterative-SPO phase control ---------------------------------------------------------------------
+# --- vote statistics ---------------------------------------------------------------------------------
 def vote_stats(games: Iterable[tuple[Sequence[Vote], int]]) -> tuple[float, float]:
     """Pooled ``(accuracy, N/A rate)`` over all votes of an iteration's ``(votes, spy)`` games.
 
-    Invalid votes count as wrong (the denominator is every vote cast). No votes -> ``(0.0, 0.0)``.
+    The phase switch's input (:class:`train.visionzero.phase.PhaseController`). Invalid votes count as wrong (the denominator is every vote cast). No votes -> ``(0.0, 0.0)``.
     """
     n = correct = na = 0
     for votes, spy in games:
@@ -229,103 +166,6 @@ def vote_stats(games: Iterable[tuple[Sequence[Vote], int]]) -> tuple[float, floa
             correct += isinstance(v, int) and not isinstance(v, bool) and v == spy
             na += v == NA
     return (correct / n, na / n) if n else (0.0, 0.0)
-
-
-class PhaseController:
-    """Iterative Self-Play Policy Optimization: which stage (``"clue"`` or ``"decision"``) trains next.
-
-    Spec ("Optimisation"), ``mode="hysteresis"`` (default). :meth:`step` is called once per iteration
-    with that iteration's decision accuracy and N/A rate, in this exact order:
-
-    1. EMAs (ρ = 0.95, both start at 0, no bias correction unless ``debias``):
-       acc_ema ← ρ acc_ema + (1−ρ) acc;  na_ema ← ρ na_ema + (1−ρ) na_rate;
-    2. the iteration just played counts towards the current phase (``steps_in_phase += 1``);
-    3. if steps_in_phase ≥ K_min (5): decision → clue when acc_ema ≥ 0.9 and na_ema ≤ 0.1;
-       clue → decision when (1 − acc_ema) ≥ 0.4 or na_ema ≥ 0.5;
-    4. otherwise, if no switch and steps_in_phase ≥ P (20), switch anyway (patience);
-    5. return the phase of the NEXT iteration.
-
-    Note: started at 0 without bias correction, acc_ema needs ≥ 45 perfect iterations to reach 0.9
-    (1 − 0.95^45 ≈ 0.90), so early on the patience rule is what leaves the decision phase.
-
-    ``mode="alternate"`` (released code) switches after every iteration; EMAs are still tracked.
-    ``history`` holds one JSON-able record per step for plotting.
-    """
-
-    PHASES = ("decision", "clue")
-
-    def __init__(self, mode: str = "hysteresis", rho: float = PHASE_RHO, to_clue_acc: float = TO_CLUE_ACC,
-                 to_clue_na: float = TO_CLUE_NA, to_decision_err: float = TO_DEC_ERR,
-                 to_decision_na: float = TO_DEC_NA, k_min: int = K_MIN, patience: int = PATIENCE,
-                 start: str = "decision", debias: bool = False) -> None:
-        if mode not in ("hysteresis", "alternate"):
-            raise ValueError(f"mode must be 'hysteresis' or 'alternate', got {mode!r}")
-        if start not in self.PHASES:
-            raise ValueError(f"start must be one of {self.PHASES}, got {start!r}")
-        if not 1 <= k_min <= patience:
-            raise ValueError(f"need 1 <= k_min <= patience, got k_min={k_min}, patience={patience}")
-        self.mode, self.rho, self.debias = mode, float(rho), bool(debias)
-        self.to_clue_acc, self.to_clue_na = float(to_clue_acc), float(to_clue_na)
-        self.to_decision_err, self.to_decision_na = float(to_decision_err), float(to_decision_na)
-        self.k_min, self.patience = int(k_min), int(patience)
-        self.phase = start
-        self.acc_ema = 0.0
-        self.na_ema = 0.0
-        self.steps_in_phase = 0
-        self.iteration = 0
-        self.history: list[dict] = []
-
-    def _emas(self) -> tuple[float, float]:
-        """The EMAs used for decisions (bias-corrected as in Adam when ``debias``)."""
-        if not self.debias or self.iteration == 0:
-            return self.acc_ema, self.na_ema
-        c = 1.0 - self.rho ** self.iteration
-        return self.acc_ema / c, self.na_ema / c
-
-    def step(self, acc: float, na_rate: float) -> str:
-        """Record one iteration's decision accuracy and N/A rate; return the phase of the next iteration."""
-        played = self.phase
-        self.acc_ema = self.rho * self.acc_ema + (1 - self.rho) * float(acc)
-        self.na_ema = self.rho * self.na_ema + (1 - self.rho) * float(na_rate)
-        self.iteration += 1
-        self.steps_in_phase += 1
-        acc_e, na_e = self._emas()
-        reason = None
-        if self.mode == "alternate":
-            reason = "alternate"
-        elif self.steps_in_phase >= self.k_min:
-            if played == "decision" and acc_e >= self.to_clue_acc and na_e <= self.to_clue_na:
-                reason = "threshold"
-            elif played == "clue" and (1 - acc_e >= self.to_decision_err or na_e >= self.to_decision_na):
-                reason = "threshold"
-            elif self.steps_in_phase >= self.patience:
-                reason = "patience"
-        if reason is not None:
-            self.phase = "clue" if played == "decision" else "decision"
-            self.steps_in_phase = 0
-        self.history.append({"iteration": self.iteration, "phase": played, "acc": float(acc),
-                             "na_rate": float(na_rate), "acc_ema": acc_e, "na_ema": na_e,
-                             "next_phase": self.phase, "switch": reason})
-        return self.phase
-
-    @property
-    def clue_weight(self) -> float:
-        """m in the loss m·L_clue + (1−m)·L_dec for the current phase."""
-        return 1.0 if self.phase == "clue" else 0.0
-
-    def state_dict(self) -> dict:
-        return {"phase": self.phase, "acc_ema": self.acc_ema, "na_ema": self.na_ema,
-                "steps_in_phase": self.steps_in_phase, "iteration": self.iteration,
-                "history": [dict(h) for h in self.history]}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore the running state (hyperparameters and mode stay as constructed)."""
-        if state["phase"] not in self.PHASES:
-            raise ValueError(f"bad phase {state['phase']!r} in state")
-        self.phase = state["phase"]
-        self.acc_ema, self.na_ema = float(state["acc_ema"]), float(state["na_ema"])
-        self.steps_in_phase, self.iteration = int(state["steps_in_phase"]), int(state["iteration"])
-        self.history = [dict(h) for h in state.get("history", [])]
 
 
 # --- evaluation --------------------------------------------------------------------------------------

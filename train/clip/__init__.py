@@ -7,6 +7,11 @@
 
 from __future__ import annotations
 
+#: Images per batch of every zero-shot evaluation of a CLIP (``CLIPPretrain``'s validation, the continual
+#: runner's evaluation after each task; ``eval_batch_size`` in their configs). Inference only: it sets
+#: memory use, not what is measured. Defined here, without torch, so CLI signatures can use it.
+DEFAULT_EVAL_BATCH_SIZE = 256
+
 _EXPORTS = {
     "CLIPPretrain": ".pretrain",
     "CaptionTransform": ".pretrain",

@@ -19,6 +19,7 @@ import torch
 from open_clip.loss import ClipLoss
 
 from models.clip import create_clip, save_open_clip_checkpoint, zero_shot_classifier
+from train.clip import DEFAULT_EVAL_BATCH_SIZE
 from train.core.optim import build_optimizer, no_decay_groups
 from train.core.resilience import guard_loss
 from train.core.strategies import clamp_param_, full_params
@@ -56,6 +57,7 @@ class CLIPPretrain(pl.LightningModule):
         eval_families: world task families scored zero-shot at each validation.
         eval_per_class: held-out images per class in each evaluation set.
         eval_seed: seed of the evaluation sets.
+        eval_batch_size: images per batch of the zero-shot validation (inference only; memory, not results).
         export_path: where the final open_clip checkpoint goes (default ``<run dir>/clip_final.pt``).
     """
 
@@ -71,6 +73,7 @@ class CLIPPretrain(pl.LightningModule):
         eval_families: list[str] = list(DEFAULT_FAMILIES),
         eval_per_class: int = 40,
         eval_seed: int = 1234,
+        eval_batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
         export_path: str | None = None,
     ) -> None:
         super().__init__()
@@ -95,7 +98,8 @@ class CLIPPretrain(pl.LightningModule):
         return self._eval_sets
 
     def val_dataloader(self):
-        return [eval_loader(es, 256, self.global_rank, self.trainer.world_size) for es in self.eval_sets()]
+        return [eval_loader(es, self.hparams.eval_batch_size, self.global_rank, self.trainer.world_size)
+                for es in self.eval_sets()]
 
     # -- training --------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datagen.evalset import EvalSet
 from models.clip import zero_shot_classifier
+from train.clip import DEFAULT_EVAL_BATCH_SIZE
 
 __all__ = ["EvalSet", "build_world_eval_sets", "eval_loader", "format_accuracy_table", "zero_shot_accuracy"]
 
@@ -52,7 +53,7 @@ def eval_loader(es: EvalSet, batch_size: int, rank: int = 0, world_size: int = 1
 
 @torch.no_grad()
 def zero_shot_accuracy(model: torch.nn.Module, tokenizer, es: EvalSet, device: torch.device,
-                       batch_size: int = 256) -> float:
+                       batch_size: int = DEFAULT_EVAL_BATCH_SIZE) -> float:
     """Top-1 zero-shot accuracy of ``model`` on one evaluation set (single process)."""
     classifier = zero_shot_classifier(model, tokenizer, es.classnames, es.templates, device)
     correct = 0

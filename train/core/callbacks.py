@@ -146,7 +146,7 @@ class ThroughputMonitor(pl.Callback):
                                                         for k, v in stats.items()))
             if self.out_json:
                 import json
-                from pathlib import Path
 
-                Path(self.out_json).parent.mkdir(parents=True, exist_ok=True)
-                Path(self.out_json).write_text(json.dumps(stats, indent=1))
+                from models.io import atomic_write_text
+
+                atomic_write_text(self.out_json, json.dumps(stats, indent=1))

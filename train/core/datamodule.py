@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
-from datagen.stream import GeneratorStream, SampleGenerator, SlotStream, seed_everything_for_worker
+from datagen.stream import (DEFAULT_MAX_CONSECUTIVE_FAILURES, GeneratorStream, SampleGenerator, SlotStream,
+                            seed_everything_for_worker)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class OnlineDataModule(pl.LightningDataModule):
         seed: base seed; sample ``i`` of the stream is a pure function of ``(seed, i)``.
         prefetch_factor: batches each worker prepares ahead (only with ``num_workers > 0``).
         transform: sample -> training dict; by default the attached LightningModule's ``sample_transform()``.
+        max_consecutive_failures: invalid samples in a row after which a stream slot stops with an error
+            (a broken source); single bad samples are dropped and counted
+            (:data:`datagen.stream.DEFAULT_MAX_CONSECUTIVE_FAILURES` = 1000).
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class OnlineDataModule(pl.LightningDataModule):
         seed: int = 0,
         prefetch_factor: int = 4,
         transform: Callable[[dict], dict] | None = None,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
     ) -> None:
         super().__init__()
         if generator is None and shards is None:
@@ -75,6 +80,8 @@ class OnlineDataModule(pl.LightningDataModule):
             raise ValueError(f"OnlineDataModule: batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"OnlineDataModule: num_workers must be >= 0, got {num_workers}")
+        if max_consecutive_failures < 1:
+            raise ValueError(f"OnlineDataModule: max_consecutive_failures must be >= 1, got {max_consecutive_failures}")
         self.generator = generator
         self.shards = shards
         self.batch_size = batch_size
@@ -82,6 +89,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self.seed = seed
         self.prefetch_factor = prefetch_factor
         self.transform = transform
+        self.max_consecutive_failures = max_consecutive_failures
         # slot -> (next position, produced, dropped) as of the last consumed sample of that slot
         self.slot_state: dict[int, tuple[int, int, int]] = {}
         self.consumed = 0
@@ -110,9 +118,11 @@ class OnlineDataModule(pl.LightningDataModule):
         if self.shards is not None:
             from datagen.shards import ShardStream
 
-            stream: SlotStream = ShardStream(self.shards, seed=self.seed, transform=transform)
+            stream: SlotStream = ShardStream(self.shards, seed=self.seed, transform=transform,
+                                             max_consecutive_failures=self.max_consecutive_failures)
         else:
-            stream = GeneratorStream(self.generator, seed=self.seed, transform=transform)
+            stream = GeneratorStream(self.generator, seed=self.seed, transform=transform,
+                                     max_consecutive_failures=self.max_consecutive_failures)
         rank, world = self._rank_world()
         stream.set_rank(rank, world)
         self._apply_restored(world)

@@ -9,10 +9,12 @@ run would. Here the handler only sets a flag; at the next training-step boundary
 the flag (one ``all_reduce``), save ``hpc_ckpt_<n>.ckpt`` in ``trainer.default_root_dir`` together
 (written to a temporary name and renamed, so an interrupted save never replaces a good file), then
 rank 0 runs ``scontrol requeue $SLURM_JOB_ID`` and every rank exits. The restarted job resumes from
-the newest intact checkpoint (``launch/slurm.sbatch`` passes it as ``--ckpt_path``, see
-:func:`latest_checkpoint`; without it Lightning's own SLURM resume also picks the ``hpc_ckpt_*``).
+the checkpoint :func:`train.core.checkpoints.latest_checkpoint` picks under the run directory (the one
+resume rule of every command: highest ``global_step`` among complete checkpoints, then the newest;
+``launch/slurm.sbatch`` passes it as ``--ckpt_path``; without it Lightning's own SLURM resume also picks
+the ``hpc_ckpt_*``).
 
-    python -m train.core.preemption latest RUN_DIR    # prints the newest loadable checkpoint under RUN_DIR
+    python -m train.core.preemption latest RUN_DIR    # prints "<checkpoint>\t<global_step>" (nothing if none)
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+
+# the one resume rule (highest global_step among complete checkpoints, then newest): re-exported for the CLI
+from train.core.checkpoints import checkpoint_step, commit, latest_checkpoint  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +150,7 @@ class PreemptionCheckpoint(pl.Callback):
             logger.finalize("preempted")  # flush what was logged so far
         trainer.save_checkpoint(partial)  # collective; rank 0 writes; ends with a barrier
         if trainer.is_global_zero:
-            os.replace(partial, path)  # atomic: a crash leaves the previous checkpoints as they were
+            commit(partial, path)  # atomic rename + directory fsync: a crash leaves the previous checkpoints
             log.info("pre-emption: saved %s at step %d", path, trainer.global_step)
         trainer.strategy.barrier("preemption-checkpoint")
         # From here on SLURM's SIGTERM (sent by the requeue) may end the process: nothing is left to save.
@@ -176,53 +181,6 @@ def _slurm_job_id() -> str | None:
     if array_job and array_task:
         return f"{array_job}_{array_task}"
     return os.environ.get("SLURM_JOB_ID")
-
-
-def checkpoint_step(path: str | Path) -> int | None:
-    """The ``global_step`` of a Lightning checkpoint, or ``None`` when it cannot be read (truncated, corrupt).
-
-    A DeepSpeed checkpoint is a directory; Lightning keeps its trainer state in
-    ``<dir>/checkpoint/mp_rank_00_model_states.pt``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint" / "mp_rank_00_model_states.pt"
-    import contextlib
-
-    allow: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if path.name.startswith("mp_rank_"):  # DeepSpeed pickles a few of its own classes into its shards
-        from train.core.strategies import deepspeed_safe_globals
-
-        allow = torch.serialization.safe_globals(deepspeed_safe_globals())
-    try:
-        with allow:
-            try:  # mmap: tensors are not read, so this is cheap even for multi-GB checkpoints
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # not a zip-format checkpoint: read it whole
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        return int(state["global_step"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped
-        log.warning("skipping unreadable checkpoint %s (%s: %s)", path, type(exc).__name__, exc)
-        return None
-
-
-def latest_checkpoint(run_dir: str | Path) -> tuple[Path, int] | None:
-    """The newest intact checkpoint under ``run_dir`` (any ``*.ckpt`` file or DeepSpeed checkpoint directory,
-    recursively): highest ``global_step``, then newest. Unreadable files (a save killed half-way on a
-    non-atomic file system) are skipped, so a crash never costs more than the checkpoint it interrupted."""
-    root = Path(run_dir)
-    if not root.is_dir():
-        return None
-    best: tuple[int, float, Path] | None = None
-    for p in root.rglob("*.ckpt"):
-        if p.name.startswith(".") or any(part.endswith(".ckpt") for part in p.relative_to(root).parts[:-1]):
-            continue  # temporaries; files inside a DeepSpeed checkpoint directory
-        step = checkpoint_step(p)
-        if step is None:
-            continue
-        key = (step, p.stat().st_mtime, p)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return None if best is None else (best[2], best[0])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,14 +8,10 @@
   guard_loss(self, loss)`` from ``training_step`` (see there for how the update is dropped under DDP and
   DeepSpeed). Manual optimisation: check with :func:`all_finite` before each backward (skip the backward
   and the step on every rank when it says no), call :func:`record_step` once per step.
-* **Atomic checkpoints** (:class:`AtomicModelCheckpoint`, :class:`AtomicCheckpointIO`): a checkpoint is
-  written under a temporary name in its own directory and renamed into place (``os.replace``; DeepSpeed's
-  checkpoint *directories* are swapped in with two renames), so a kill at any moment leaves either the
-  previous checkpoint or the new one, never a torn one. Loading uses ``torch.load(weights_only=True)``
-  and fails with a message naming the file when it is unreadable.
-* **Resume** (:func:`find_resume_checkpoint`, :func:`valid_checkpoint`): the newest checkpoint in a
-  directory that passes a structural check (``last*.ckpt`` first); torn or partial ones are skipped with
-  a warning naming them, temporary files are never candidates.
+* **Checkpoints** (:mod:`train.core.checkpoints`, re-exported here): atomic writes
+  (:class:`AtomicModelCheckpoint`, :class:`AtomicCheckpointIO`), validity (:func:`checkpoint_problem`)
+  and the one resume rule (:func:`latest_checkpoint` / :func:`find_resume_checkpoint`: the highest
+  ``global_step`` among complete checkpoints, then the newest; torn and partial ones skipped).
 * **Collective timeout / dying ranks**: see :mod:`train.core.strategies` (``--collective_timeout``,
   ``$SYNTHLOOP_COLLECTIVE_TIMEOUT_S``). :class:`FaultInjection` makes a rank die or hang at a step
   (``SYNTHLOOP_TEST_DIE_AT_STEP``, ``SYNTHLOOP_TEST_HANG_AT_STEP``, ``SYNTHLOOP_TEST_FAULT_RANK``), for tests.
@@ -31,24 +27,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint
+
+# checkpoint writing, validity and the resume rule live in train.core.checkpoints; re-exported here
+from train.core.checkpoints import (OLD, PARTIAL, AtomicCheckpointIO, AtomicModelCheckpoint,  # noqa: F401
+                                    apply_resume_auto, checkpoint_problem, checkpoint_step, commit,
+                                    find_resume_checkpoint, harden_trainer, latest_checkpoint, partial_path,
+                                    valid_checkpoint)
 
 log = logging.getLogger(__name__)
 
 MAX_NONFINITE_ENV = "SYNTHLOOP_MAX_NONFINITE"
+#: Consecutive non-finite-loss steps that stop a run (:class:`NonFiniteGuard`); ``$SYNTHLOOP_MAX_NONFINITE``
+#: overrides it for every run, ``NonFiniteGuard(max_consecutive=...)`` in a config for one; ``0`` never stops.
 DEFAULT_MAX_NONFINITE = 25
 TRACE_ENV = "SYNTHLOOP_TRACE"
-PARTIAL = ".partial"  # suffix of a checkpoint being written (hidden: ".<name>.partial")
-OLD = ".old"  # suffix of a replaced DeepSpeed checkpoint directory during the swap
 
 
 # -- non-finite losses ----------------------------------------------------------------------------
@@ -60,8 +58,10 @@ class NonFiniteGuard(pl.Callback):
     """Counts skipped non-finite steps and stops the run after ``max_consecutive`` of them in a row.
 
     Args:
-        max_consecutive: consecutive skipped steps that stop the run (default
-            ``$SYNTHLOOP_MAX_NONFINITE`` or 25). ``0`` disables stopping (steps are still skipped).
+        max_consecutive: consecutive skipped steps that stop the run (default: ``$SYNTHLOOP_MAX_NONFINITE``
+            when set, else :data:`DEFAULT_MAX_NONFINITE` = 25). ``0`` disables stopping (steps are still
+            skipped). In a config: ``trainer.callbacks: [{class_path: train.core.resilience.NonFiniteGuard,
+            init_args: {max_consecutive: 50}}]``.
     """
 
     def __init__(self, max_consecutive: int | None = None) -> None:
@@ -155,178 +155,6 @@ def guard_loss(module: pl.LightningModule, loss: torch.Tensor) -> torch.Tensor:
         return loss * float("nan")  # NaN gradients on every rank, even where this rank's loss was finite
     guard.skip_pending = True
     return loss
-
-
-# -- checkpoints ----------------------------------------------------------------------------------
-from datagen.shards import _fsync_dir  # noqa: E402  (one durable-rename helper for shards and checkpoints)
-
-
-def partial_path(path: str | os.PathLike) -> str:
-    """Where a checkpoint is written before it is renamed to ``path`` (same directory, hidden name)."""
-    p = Path(path)
-    return str(p.with_name(f".{p.name}{PARTIAL}"))
-
-
-def _remove(path: str | os.PathLike) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
-def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Move a fully written checkpoint (file or DeepSpeed directory) from ``tmp`` to ``path``."""
-    tmp, path = os.fspath(tmp), os.fspath(path)
-    if os.path.isdir(tmp) and os.path.lexists(path):
-        old = str(Path(path).with_name(f".{Path(path).name}{OLD}"))
-        _remove(old)
-        os.rename(path, old)  # a crash between the two renames leaves `old`, a complete checkpoint
-        os.rename(tmp, path)
-        _remove(old)
-    else:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a temp file in the target's directory, fsync, ``os.replace``; safe loading.
-
-    Lightning's own save goes through an fsspec transaction whose temp file lives in the system temp
-    directory: when that is another filesystem the final move is a copy, which a kill can tear.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not take storage_options")
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{partial_path(path)}-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            commit(tmp, path)
-        except BaseException:
-            _remove(tmp)
-            raise
-
-    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        problem = checkpoint_problem(path)
-        if problem is not None:
-            raise RuntimeError(f"synthloop: checkpoint {path} is unreadable ({problem}); it is truncated or "
-                               "corrupt: delete it or resume from another checkpoint")
-        try:
-            return torch.load(path, map_location=map_location or "cpu",
-                              weights_only=True if weights_only is None else weights_only)
-        except Exception as exc:
-            raise RuntimeError(f"synthloop: cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-
-
-class AtomicModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose every save (files, DeepSpeed directories) is written aside, then renamed.
-
-    All ranks write into ``.<name>.partial`` (DeepSpeed shards each rank's part there), meet at a
-    barrier, and rank 0 renames it into place. Its state key is the stock one, so checkpoints stay
-    interchangeable with plain ``ModelCheckpoint`` runs.
-    """
-
-    @property
-    def state_key(self) -> str:
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
-
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        from weakref import proxy
-
-        tmp = partial_path(filepath)
-        if trainer.is_global_zero:
-            _remove(tmp)
-        trainer.strategy.barrier("synthloop_ckpt_start")
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        trainer.strategy.barrier("synthloop_ckpt_written")
-        if trainer.is_global_zero:
-            commit(tmp, filepath)
-        trainer.strategy.barrier("synthloop_ckpt_committed")
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
-
-
-def _zip_problem(path: str) -> str | None:
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        return f"not a complete torch.save archive: {exc}"
-    if not any(n.endswith("data.pkl") for n in names):
-        return "archive without data.pkl"
-    return None
-
-
-def checkpoint_problem(path: str | os.PathLike) -> str | None:
-    """None when ``path`` looks like a complete checkpoint (file or DeepSpeed directory), else why not.
-
-    A structural check (zip central directory present, DeepSpeed ``latest`` tag and its shards), not a
-    full load: cheap enough to run on every candidate at start-up.
-    """
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        if os.path.getsize(path) == 0:
-            return "empty file"
-        return _zip_problem(path)
-    if os.path.isdir(path):
-        latest = Path(path) / "latest"
-        if not latest.is_file():
-            return "DeepSpeed checkpoint directory without a `latest` tag"
-        tag_dir = Path(path) / latest.read_text().strip()
-        shards = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
-        if not any("model_states" in s.name for s in shards):
-            return f"DeepSpeed checkpoint directory without model states in {tag_dir.name}/"
-        for shard in shards:
-            problem = _zip_problem(str(shard))
-            if problem is not None:
-                return f"{shard.name}: {problem}"
-        return None
-    return "does not exist"
-
-
-def valid_checkpoint(path: str | os.PathLike) -> bool:
-    return checkpoint_problem(path) is None
-
-
-def find_resume_checkpoint(*dirs: str | os.PathLike) -> str | None:
-    """The checkpoint to resume from in ``dirs``: the newest complete ``last*.ckpt``, else the newest
-    complete ``*.ckpt``, else a DeepSpeed directory left by an interrupted swap; ``None`` if none.
-    Torn or partial checkpoints are skipped with a warning naming them."""
-    lasts, others, olds = [], [], []
-    for d in dirs:
-        d = Path(d)
-        if not d.is_dir():
-            continue
-        for p in d.iterdir():
-            if p.name.startswith(".") and p.name.endswith(".ckpt" + OLD):
-                olds.append(p)
-            elif p.name.startswith("."):
-                continue  # a checkpoint being written
-            elif p.suffix == ".ckpt":
-                (lasts if p.name.startswith("last") else others).append(p)
-
-    def newest_first(paths: list[Path]) -> list[Path]:
-        return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)
-
-    for p in newest_first(lasts) + newest_first(others) + newest_first(olds):
-        problem = checkpoint_problem(p)
-        if problem is None:
-            return str(p)
-        log.warning("skipping checkpoint %s: %s", p, problem)
-    return None
 
 
 # -- test hooks and traces ------------------------------------------------------------------------
@@ -440,81 +268,3 @@ def default_callbacks(existing: list[pl.Callback] | None = None) -> list[pl.Call
     if os.environ.get(TRACE_ENV) and not any(isinstance(cb, StepTrace) for cb in existing):
         out.append(StepTrace())
     return out
-
-
-def harden_trainer(trainer: pl.Trainer) -> pl.Trainer:
-    """Atomic checkpoint writes and safe loading for a constructed Trainer (before ``fit``).
-
-    Plain ``ModelCheckpoint`` callbacks become :class:`AtomicModelCheckpoint` (a subclass that only
-    changes how the file is written), and the strategy's default ``TorchCheckpointIO`` becomes
-    :class:`AtomicCheckpointIO`.
-    """
-    for cb in trainer.callbacks:
-        if type(cb) is ModelCheckpoint:
-            cb.__class__ = AtomicModelCheckpoint
-    strategy = trainer.strategy
-    io = getattr(strategy, "_checkpoint_io", None)
-    if io is None or type(io) is TorchCheckpointIO:
-        strategy.checkpoint_io = AtomicCheckpointIO()
-    return trainer
-
-
-def _cfg_get(ns: Any, key: str, default: Any = None) -> Any:
-    cur = ns
-    for part in key.split("."):
-        if cur is None:
-            return default
-        cur = cur.get(part, None) if hasattr(cur, "get") else getattr(cur, part, None)
-    return default if cur is None else cur
-
-
-def apply_resume_auto(cfg: Any) -> str | None:
-    """``--resume auto`` for ``synthloop fit``: point ``ckpt_path`` at the run's newest complete checkpoint.
-
-    Looks in the ``dirpath`` of configured ``ModelCheckpoint`` callbacks, else in
-    ``<logger save_dir>/<name>/version_*/checkpoints`` (newest version first) or
-    ``<default_root_dir>/checkpoints``; when found under a logger version, the logger is pinned to that
-    version so the resumed run keeps writing into the same run directory. ``cfg`` is the subcommand's
-    (jsonargparse) config; returns the checkpoint or None (a fresh run). An explicit ``ckpt_path`` wins.
-    """
-    if cfg.get("ckpt_path"):
-        return cfg.get("ckpt_path")
-    root_dir = Path(_cfg_get(cfg, "trainer.default_root_dir") or os.getcwd())
-    dirs = [d for cb in (_cfg_get(cfg, "trainer.callbacks") or [])
-            if str(_cfg_get(cb, "class_path", "")).endswith("ModelCheckpoint")
-            and (d := _cfg_get(cb, "init_args.dirpath"))]
-    if dirs:
-        found = find_resume_checkpoint(*dirs)
-        if found:
-            cfg["ckpt_path"] = found
-        return found
-    logger = _cfg_get(cfg, "trainer.logger")
-    first = logger[0] if isinstance(logger, list) and logger else logger
-    if first is False:
-        found = find_resume_checkpoint(root_dir / "checkpoints")
-    else:
-        args = _cfg_get(first, "init_args") if first is not None and first is not True else None
-        save_dir = Path(_cfg_get(args, "save_dir") or root_dir)
-        name = _cfg_get(args, "name", "lightning_logs") if args is not None else "lightning_logs"
-        base = save_dir / name if name else save_dir
-        version = _cfg_get(args, "version")
-        if version is not None:
-            vdirs = [base / (version if isinstance(version, str) else f"version_{version}")]
-        else:
-            def number(p: Path) -> int:
-                tail = p.name.split("_", 1)[-1]
-                return int(tail) if tail.isdigit() else -1
-
-            vdirs = sorted(base.glob("version_*"), key=number, reverse=True) if base.is_dir() else []
-        found = None
-        for vdir in vdirs:
-            found = find_resume_checkpoint(vdir / "checkpoints")
-            if found:
-                if version is None and args is not None:
-                    tail = vdir.name.split("_", 1)[-1]
-                    args["version"] = int(tail) if tail.isdigit() else vdir.name
-                break
-    if found:
-        cfg["ckpt_path"] = found
-        log.info("resuming from %s", found)
-    return found

@@ -1,7 +1,7 @@
 """Loss and regulariser math for GIFT continual fine-tuning of CLIP, plus the shared-loop baselines.
 
 Source: "Synthetic Data is an Elegant GIFT for Continual Vision-Language Models" (CVPR 2025,
-arXiv 2503.04229), as summarised in ``shared/methods/gift.md`` (which follows the authors' code).
+arXiv 2503.04229), as summarised in ``docs/specs/gift.md`` (which follows the authors' code).
 
 Everything here is a pure function of tensors: no modules, no optimizer, no Lightning. The training
 loop owns the order of backward passes; the AWC recipe from the spec is

@@ -2,7 +2,7 @@
 
 Source: the MTIL protocol (Zheng et al., "Preventing Zero-Shot Transfer Degradation in Continual
 Learning of Vision-Language Models", ICCV 2023), as used by GIFT (CVPR 2025, arXiv 2503.04229) and
-summarised in ``shared/methods/gift.md`` ("Evaluation").
+summarised in ``docs/specs/gift.md`` ("Evaluation").
 
 ``A[i, j]`` = accuracy on dataset j after finishing task i, both in training order (0-based here;
 the formulas below are written 1-based as in the spec). Entries above the diagonal (i < j) are
@@ -17,11 +17,12 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from models.io import atomic_write, atomic_write_text
 
 METRIC_KEYS = ("transfer", "avg", "last", "bwt")
 
@@ -96,24 +97,6 @@ def prefix_metrics(matrix: Any) -> dict[str, float]:
     return out
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same directory + os.replace, so readers never see a torn file."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _nan_to_none(x: float) -> float | None:
     # JSON has no NaN; strict parsers reject Python's NaN token, so use null.
     return None if math.isnan(x) else float(x)
@@ -182,7 +165,7 @@ class AccuracyMatrix:
             "matrix": [[_nan_to_none(x) for x in row] for row in self.values],
             "metrics": {k: (_nan_to_none(v) if k != "rows" else v) for k, v in m.items()},
         }
-        _atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> AccuracyMatrix:
@@ -199,7 +182,7 @@ class AccuracyMatrix:
             rows.append([name, *("" if math.isnan(x) else repr(float(x)) for x in row)])
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(rows)
-        _atomic_write_text(path, buf.getvalue())
+        atomic_write_text(path, buf.getvalue())
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> AccuracyMatrix:
@@ -266,9 +249,8 @@ class AccuracyMatrix:
             sub += f"  (first {m['rows']}/{T} tasks)"
         ax.set_title(f"{title}\n{sub}", fontsize=fs + 2)
         fig.tight_layout()
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, format="png", bbox_inches="tight")  # long row labels would be clipped
+        # bbox "tight": long row labels would be clipped; written aside and renamed, like every result file
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
 def format_matrix_table(matrix: Any, names: Sequence[str]) -> str:

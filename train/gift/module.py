@@ -1,6 +1,6 @@
 """One task of continual CLIP fine-tuning: GIFT and the baselines that share its loop.
 
-Per step (``shared/methods/gift.md``), in this gradient order:
+Per step (``docs/specs/gift.md``), in this gradient order:
 
 1. synthetic branch: student and frozen teacher logits over the B synthetic pairs;
    ``L_syn = L_CD (T=2) + beta * L_ITA``; backward;
@@ -21,7 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from train.core.optim import warmup_cosine
+from train.core.optim import build_optimizer
 from train.core.resilience import all_finite, record_step
 from train.core.strategies import is_deepspeed
 from train.gift.losses import (EwcFisherAccumulator, awc_importance, awc_penalty, clip_logits, contrastive_distillation,
@@ -246,9 +246,8 @@ class GIFTTask(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, self.warmup_steps, self.total_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizer(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay,
+                               warmup_steps=self.warmup_steps, total_steps=self.total_steps, owner="GIFTTask")
 
     # teacher and anchor are rebuilt from the previous task's weights on resume: keep checkpoints small
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -25,21 +25,29 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-import torch
+from models.io import atomic_write_json
+from train.clip import DEFAULT_EVAL_BATCH_SIZE
 
-from datagen.gift import ReplayDataset, backend_from_config, build_pool, make_replay_set, wait_complete
-from datagen.gift.task_stream import ContinualStream, ContinualTransform
-from models.clip import create_clip, save_open_clip_checkpoint
-from train.core.callbacks import DataMonitor
-from train.gift.metrics import AccuracyMatrix, _atomic_write_text, cl_metrics, format_matrix_table
-from train.core.datamodule import OnlineDataModule
-from train.gift.module import DEEPSPEED_REFUSAL, GIFTTask, logit_scale_is_fixed, method_parts, uses_replay
-from train.core.resilience import default_callbacks, find_resume_checkpoint, harden_trainer
-from train.core.strategies import is_deepspeed, resolve_strategy
-from train.clip.zeroshot import EvalSet, build_world_eval_sets, zero_shot_accuracy
-
+# torch, Lightning, open_clip and datagen.gift are imported inside continual(), so that `synthloop continual
+# --help` answers without loading them.
 log = logging.getLogger(__name__)
+
+# Names continual() looks up on this module when it runs (imported on first use), so tests can swap them:
+# ``monkeypatch.setattr(runner, "DataMonitor", Crashing)``.
+_LAZY = {"DataMonitor": "train.core.callbacks", "create_clip": "models.clip"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = globals()[name] = getattr(import_module(_LAZY[name]), name)
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _lazy(name: str) -> Any:
+    return globals()[name] if name in globals() else __getattr__(name)
 
 
 class TaskSource:
@@ -68,16 +76,24 @@ class TaskSource:
     def first_template_prompts(self) -> list[str]:
         return [self.templates[0].format(c) for c in self.classnames]
 
-    def eval_set(self, preprocess, image_size: int, per_class: int, seed: int) -> EvalSet:
+    def eval_set(self, preprocess, image_size: int, per_class: int, seed: int):
+        """The task's held-out :class:`datagen.evalset.EvalSet` (preprocessed once)."""
         if self.root is not None:
             from datagen.gift.folders import folder_eval_set
 
             return folder_eval_set(self.root, self.name, preprocess, max_per_class=per_class or None, seed=seed)
+        from train.clip.zeroshot import build_world_eval_sets
+
         return build_world_eval_sets([self.name], per_class, seed, image_size, preprocess)[0]
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2))
+def task_stream_seed(seed: int, t: int) -> int:
+    """The seed of task ``t``'s training stream (its ``OnlineDataModule``): ``SeedSequence([seed, t])``'s first
+    32-bit word, so the tasks' streams are independent for any ``seed`` (``seed * 1000 + t`` collided across
+    seeds: seed 1's task 1000 was seed 2's task 0)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(t)]).generate_state(1)[0])
 
 
 def _rank_world() -> tuple[int, int]:
@@ -111,6 +127,7 @@ def continual(
     seed: int = 42,
     eval_per_class: int = 40,
     eval_seed: int = 1234,
+    eval_batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
     folder_root: str | None = None,
     num_workers: int = 0,
     checkpoint_every: int = 50,
@@ -143,6 +160,8 @@ def continual(
         replay_backend: {"backend": "world", "image_size": 32} or {"backend": "diffusers", "model": <path>, ...}.
         replay_cache: where content-hashed replay sets live (shared across runs).
         regenerate_each_epoch: a fresh replay set per pass over it (not in the reference runs).
+        eval_per_class, eval_seed: held-out images per class of each task's evaluation set, and its seed.
+        eval_batch_size: images per batch of the zero-shot evaluation after each task (inference only).
         checkpoint_every, keep_task_checkpoints: Lightning checkpoints within a task (for a resume
             mid-task); they are deleted once the task is finished and its ``model.pt`` written, unless kept.
         max_tasks: stop after this many tasks (the run stays resumable; for tests and kill/resume checks).
@@ -150,6 +169,21 @@ def continual(
         collective_timeout: seconds a rank waits for a dead or stuck peer (default
             ``$SYNTHLOOP_COLLECTIVE_TIMEOUT_S``, else torch's 30 min).
     """
+    import pytorch_lightning as pl
+    import torch
+
+    from datagen.gift import ReplayDataset, backend_from_config, build_pool, make_replay_set, wait_complete
+    from datagen.gift.task_stream import ContinualStream, ContinualTransform
+    from models.clip import save_open_clip_checkpoint
+    from train.clip.zeroshot import zero_shot_accuracy
+    from train.core.checkpoints import find_resume_checkpoint, harden_trainer
+    from train.core.datamodule import OnlineDataModule
+    from train.core.resilience import default_callbacks
+    from train.core.strategies import is_deepspeed, resolve_strategy
+    from train.gift.metrics import AccuracyMatrix, cl_metrics, format_matrix_table
+    from train.gift.module import DEEPSPEED_REFUSAL, GIFTTask, logit_scale_is_fixed, method_parts, uses_replay
+
+    DataMonitor, create_clip = _lazy("DataMonitor"), _lazy("create_clip")
     cd, _, _, _ = method_parts(method)
     if is_deepspeed(strategy):
         raise ValueError(DEEPSPEED_REFUSAL)  # before any model, replay set or process group is built
@@ -181,7 +215,8 @@ def continual(
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         m.eval().to(device)
-        accs = {es.name: zero_shot_accuracy(m, tokenizer, es, device) * 100 for es in eval_sets}
+        accs = {es.name: zero_shot_accuracy(m, tokenizer, es, device, batch_size=eval_batch_size) * 100
+                for es in eval_sets}
         m.cpu()
         return accs
 
@@ -193,7 +228,7 @@ def continual(
     matrix = AccuracyMatrix.from_json(out / "accuracy_matrix.json") if state["done"] else AccuracyMatrix(names)
     if not (out / "zeroshot.json").exists() and rank == 0:
         zs = evaluate(model)
-        _atomic_json(out / "zeroshot.json", zs)
+        atomic_write_json(out / "zeroshot.json", zs, sort_keys=False)
         log.info("zero-shot before training: %s", zs)
     if state["done"]:
         prev = out / f"task{state['done'] - 1:02d}-{names[state['done'] - 1]}" / "model.pt"
@@ -224,7 +259,8 @@ def continual(
                           temperature=temperature, ita_weight=ita_weight, awc_lambda=awc_lambda,
                           label_smoothing=label_smoothing, ita_targets=ita_targets, logit_scale=float(logit_scale))
         dm = OnlineDataModule(generator=ContinualStream(src.train, replay, seed=seed + t), batch_size=batch_size,
-                              num_workers=num_workers, seed=seed * 1000 + t, transform=ContinualTransform(preprocess))
+                              num_workers=num_workers, seed=task_stream_seed(seed, t),
+                              transform=ContinualTransform(preprocess))
         ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=task_dir / "checkpoints", every_n_train_steps=checkpoint_every,
                                                save_last=True, save_top_k=1, filename="step{step:06d}",
                                                auto_insert_metric_name=False)
@@ -236,7 +272,7 @@ def continual(
                              num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(task_dir),
                              log_every_n_steps=10, enable_progress_bar=rank == 0)
         harden_trainer(trainer)  # atomic checkpoint writes, weights_only loading
-        resume = find_resume_checkpoint(task_dir / "checkpoints")  # newest complete one; torn ones skipped
+        resume = find_resume_checkpoint(task_dir / "checkpoints")  # the resume rule: highest step, torn skipped
         trainer.fit(module, datamodule=dm, ckpt_path=resume)
         model = module.model
         accs = evaluate(model)
@@ -246,7 +282,7 @@ def continual(
             matrix.to_json(out / "accuracy_matrix.json")
             matrix.to_csv(out / "accuracy_matrix.csv")
             matrix.heatmap_png(out / "accuracy_matrix.png", title=f"{method}: accuracy matrix")
-            _atomic_json(state_path, {"done": t + 1, "tasks": names, "method": method})
+            atomic_write_json(state_path, {"done": t + 1, "tasks": names, "method": method}, sort_keys=False)
             if not keep_task_checkpoints:  # the task is recorded as done: resume starts from model.pt now
                 shutil.rmtree(task_dir / "checkpoints", ignore_errors=True)
             print(f"\nafter task {t} ({src.name}): " + ", ".join(f"{k} {v:.1f}" for k, v in accs.items()))

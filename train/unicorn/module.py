@@ -1,4 +1,4 @@
-"""Unicorn's VLM trainer: text-only training of an embedding-input VLM (``shared/methods/unicorn.md``).
+"""Unicorn's VLM trainer: text-only training of an embedding-input VLM (``docs/specs/unicorn.md``).
 
 One LightningModule, three stages (``stage``):
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +42,11 @@ import torch
 import torch.nn.functional as F
 
 from datagen.unicorn import MODES, StreamingMean, gap_diagnostics, modality_transfer
-from models.vlm import EmbeddingVLM, OpenCLIPVisionTower, build_vlm
-from train.core.optim import warmup_cosine
+from models.io import atomic_write_text
+from models.vlm import ENCODE_BATCH_SIZE, EmbeddingVLM, OpenCLIPVisionTower, build_vlm
+from train.core.optim import build_optimizer
 from train.core.vlm_data import IGNORE, caption_example, chat_example, format_question, pad_examples
+from train.unicorn.vqa_eval import DEFAULT_EVAL_BATCH_SIZE, evaluate_vqa
 
 log = logging.getLogger(__name__)
 STAGES = ("text", "align", "instruct")
@@ -79,16 +80,20 @@ class UnicornVLM(pl.LightningModule):
         embedding: ``"text"`` (Unicorn) or ``"image"`` (real-image upper bound).
         transfer_mode, noise_std, renormalize: stage 3 settings.
         num_visual_tokens, token_mode: K and how the K tokens are made (new VLMs only).
-        lr, weight_decay, warmup_frac: AdamW + warm-up/cosine (paper: 3% warm-up).
+        lr, weight_decay, warmup_steps: AdamW + linear warm-up over ``warmup_steps`` optimizer steps, then
+            cosine to 0 at ``trainer.max_steps`` (:func:`train.core.optim.build_optimizer`; the paper warms
+            up over 3% of the run: 141 of stage A's 4,700 steps, 222 of stage B's 7,400).
         lora, lora_r, lora_alpha: train a LoRA adapter instead of the full LM in stage B.
         align_train_lm: also train the LM in stage A (off-spec; a diagnostic for LMs too small to be
             conditioned through a frozen input position).
         image_pool_size, image_pool_seed: unpaired rendered images for μ_V (ideal, realign, image).
+        pool_batch_size: images per forward when the frozen vision tower embeds that pool.
         max_length: token cap per example.
         text_mix: stage ``"text"`` only: ``"short"`` (multiple-choice and open items) or ``"all"``
             (also reasoning items and the plain caption).
         export, export_dir: whether / where ``save_pretrained`` writes the trained VLM (default ``<log dir>/vlm``).
         eval_jsonl: VQA file evaluated after training (rank 0).
+        eval_batch_size: questions per batch of that evaluation's greedy decoding.
         test_center: ``"auto"``, ``"true"`` or ``"false"`` (see module docstring).
     """
 
@@ -96,12 +101,13 @@ class UnicornVLM(pl.LightningModule):
                  clip_model: str = "synthloop-tiny-rn64", clip_checkpoint: str | None = None,
                  embedding: str = "text", transfer_mode: str = "mean_shift", noise_std: float = 0.0,
                  renormalize: bool = False, num_visual_tokens: int = 1, token_mode: str = "repeat",
-                 lr: float = 5e-4, weight_decay: float = 0.0, warmup_frac: float = 0.03,
+                 lr: float = 5e-4, weight_decay: float = 0.0, warmup_steps: int = 100,
                  lora: bool = False, lora_r: int = 16, lora_alpha: int = 32, align_train_lm: bool = False,
-                 image_pool_size: int = 1024, image_pool_seed: int = 555_000_111, image_size: int = 64,
+                 image_pool_size: int = 1024, image_pool_seed: int = 555_000_111,
+                 pool_batch_size: int = ENCODE_BATCH_SIZE, image_size: int = 64,
                  pool_n_objects: tuple[int, int] = (1, 3), max_length: int = 384, text_mix: str = "short",
                  export: bool = True, export_dir: str | None = None, eval_jsonl: str | None = None,
-                 eval_batch_size: int = 64,
+                 eval_batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
                  test_center: str = "auto", trust_remote_code: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -162,10 +168,10 @@ class UnicornVLM(pl.LightningModule):
             pixels = torch.stack([self.preprocess(render_scene(sample_scene(rng, tuple(self.hparams.pool_n_objects)),
                                                                self.hparams.image_size, rng))
                                   for _ in range(self.hparams.image_pool_size)])
-            tower = self.vlm.vision_tower
+            tower, bs = self.vlm.vision_tower, self.hparams.pool_batch_size
             with torch.no_grad():
-                self._pool = torch.cat([tower.encode(pixels[i:i + 256].to(self.device))
-                                        for i in range(0, len(pixels), 256)])
+                self._pool = torch.cat([tower.encode(pixels[i:i + bs].to(self.device))
+                                        for i in range(0, len(pixels), bs)])
             self._pool_mean = self._pool.mean(0)
         return self._pool
 
@@ -254,13 +260,9 @@ class UnicornVLM(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.vlm.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = self.trainer.max_steps
-        if total is None or total <= 0:
-            raise ValueError("UnicornVLM: set trainer.max_steps (the stream is endless)")
-        warmup = max(1, math.ceil(self.hparams.warmup_frac * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizer(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                               warmup_steps=self.hparams.warmup_steps, total_steps=self.trainer.max_steps,
+                               owner="UnicornVLM")
 
     # -- state -----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -297,16 +299,12 @@ class UnicornVLM(pl.LightningModule):
                        f"({', '.join(f'{k} {v:.3f}' for k, v in sorted(result['by_type'].items()))})")
 
     def evaluate(self, jsonl: str, vlm: EmbeddingVLM | None = None) -> dict[str, Any]:
-        from train.unicorn.vqa_eval import evaluate_vqa
-
         result = evaluate_vqa(vlm or self.vlm, jsonl, preprocess=self.preprocess, center=self.test_center(),
                               batch_size=self.hparams.eval_batch_size, device=self.device)
         result["setting"] = {"stage": self.hparams.stage, "embedding": self.hparams.embedding,
                              "transfer_mode": self.hparams.transfer_mode, "test_center": self.test_center(),
                              "steps": int(self.global_step)}
-        path = self.export_dir() / "vqa_results.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
+        atomic_write_text(self.export_dir() / "vqa_results.json", json.dumps(result, indent=1))
         return result
 
 

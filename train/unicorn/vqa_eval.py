@@ -30,9 +30,14 @@ from typing import Any
 
 import torch
 
+from models.io import atomic_write_text
 from train.core.vlm_data import LETTERS, format_question, generation_prompt, pad_examples, prompt_ids
 
 _PUNCT = re.compile(r"[^\w\s]")
+#: Questions per batch of greedy decoding in :func:`evaluate_vqa` / :func:`evaluate_text_reading`
+#: (``UnicornVLM(eval_batch_size=...)`` in the configs): a memory/throughput knob (batches are left-padded
+#: and masked, so answers do not depend on it beyond floating-point rounding).
+DEFAULT_EVAL_BATCH_SIZE = 64
 
 
 def normalize_answer(text: str) -> str:
@@ -120,9 +125,10 @@ class _Tally:
 
 
 @torch.no_grad()
-def evaluate_vqa(vlm, path: str | os.PathLike, *, preprocess=None, batch_size: int = 64, max_new_tokens: int = 16,
-                 center: bool = True, reference_mean: torch.Tensor | None = None, system: str | None = None,
-                 device: str | torch.device = "cpu", limit: int | None = None, blind: bool = False) -> dict[str, Any]:
+def evaluate_vqa(vlm, path: str | os.PathLike, *, preprocess=None, batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
+                 max_new_tokens: int = 16, center: bool = True, reference_mean: torch.Tensor | None = None,
+                 system: str | None = None, device: str | torch.device = "cpu", limit: int | None = None,
+                 blind: bool = False) -> dict[str, Any]:
     """Accuracy of ``vlm`` on a VQA JSONL (greedy decoding); returns totals, per-type and predictions.
 
     ``blind=True`` feeds every question the same all-zero embedding (= the pool's mean image after
@@ -175,8 +181,8 @@ def evaluate_vqa(vlm, path: str | os.PathLike, *, preprocess=None, batch_size: i
 
 
 @torch.no_grad()
-def evaluate_text_reading(lm, tokenizer, path: str | os.PathLike, *, batch_size: int = 64, max_new_tokens: int = 16,
-                          device: str | torch.device = "cpu") -> dict[str, Any]:
+def evaluate_text_reading(lm, tokenizer, path: str | os.PathLike, *, batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
+                          max_new_tokens: int = 16, device: str | torch.device = "cpu") -> dict[str, Any]:
     """The LM alone, given each record's gold ``caption`` as text instead of the image: the ceiling a
     text-to-image transfer can reach with this LM (records without ``caption`` are skipped)."""
     records = [r for r in load_vqa(path) if r.get("caption")]
@@ -229,7 +235,5 @@ def build_world_vqa(out_dir: str | os.PathLike, n_images: int = 300, *, seed: in
                 rec["type"] = "open"
             lines.append(json.dumps(rec))
     path = out / "vqa.jsonl"
-    tmp = out / ".vqa.jsonl.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")  # written last: its presence marks a complete benchmark
     return path

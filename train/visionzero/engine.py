@@ -4,7 +4,7 @@ Pure game flow, no torch: the model side is a ``generate_fn(requests) -> outputs
 batch of :class:`Request` (prompt text + the image that player sees) and returns, per request, a
 string or a :class:`Generation` (text plus whatever the trainer needs later: token ids, pixels).
 
-Flow of :func:`play_games` (spec ``shared/methods/visionzero.md``, "Game"):
+Flow of :func:`play_games` (spec ``docs/specs/visionzero.md``, "Game"):
 
 1. clue stage: ``rounds`` rounds, seats 1..N in order. Turn ``(r, s)`` of *every* game is generated in
    one batch (all games advance together; a seat cannot be batched with earlier seats of the same round
@@ -16,7 +16,10 @@ Flow of :func:`play_games` (spec ``shared/methods/visionzero.md``, "Game"):
    paper); or (released-code option ``decision="observer"``) an observer prompt with the civilians'
    image is sampled ``observer_samples`` times per game and the samples are the votes;
 3. scoring: votes parsed with :func:`parse_vote` (boxed, ``<answer>``, N/A; invalid votes kept as None),
-   zero-sum clue rewards from the votes, decision rewards per vote.
+   then :func:`score_game` with the run's :class:`~train.visionzero.config.RewardConfig`: zero-sum clue
+   rewards from the votes, decision rewards per vote. This is the ONE place rewards are computed, for
+   training (:class:`~train.visionzero.module.VisionZeroSelfPlay`) and evaluation
+   (:mod:`train.visionzero.evaluate`) alike.
 
 ``players`` may be one generate function or a dict of them with ``assign(setup, seat) -> key``
 (mixed tables for evaluation: trained spy vs base civilians). Requests are then grouped per key, so
@@ -30,11 +33,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from datagen.visionzero import (NA, GameSetup, Turn, clue_rewards, decision_rewards, load_prompts, parse_vote,
-                                render_clue_prompt, render_decision_prompt, render_observer_prompt)
+from datagen.visionzero import (NA, GameSetup, Turn, clue_rewards, decision_rewards, load_prompts,
+                                observer_decision_rewards, parse_vote, render_clue_prompt, render_decision_prompt,
+                                render_observer_prompt)
 from datagen.visionzero.rules import _boxed_contents
-
-DECISION_MODES = ("civilians", "observer")
+from train.visionzero.config import DECISION_MODES, RewardConfig
 
 
 @dataclass
@@ -72,6 +75,7 @@ class GameRecord:
     """A played game: transcript, votes, rewards."""
 
     setup: GameSetup
+    decision: str = "civilians"  # who voted: "civilians" (one vote per civilian) or "observer" (samples)
     turns: list[PlayedTurn] = field(default_factory=list)
     voters: list[int] = field(default_factory=list)  # civilian seats (or 0 per observer sample)
     vote_generations: list[Generation] = field(default_factory=list)
@@ -139,14 +143,34 @@ def _dispatch(requests: list[Request], players: GenerateFn | dict[str, GenerateF
     return result  # type: ignore[return-value]
 
 
+def score_game(rec: GameRecord, rewards: RewardConfig) -> GameRecord:
+    """Set ``rec.clue_rewards`` and ``rec.decision_rewards`` from its votes with the run's ``rewards``.
+
+    Clue rewards: zero-sum, β and λ from ``rewards`` (:func:`datagen.visionzero.rules.clue_rewards`).
+    Decision rewards: ``correct`` / ``abstain`` / ``wrong`` per vote; for an observer game with
+    ``rewards.observer="shaped"``, the released code's shaped reward of each sample (format ok = the
+    sample parsed to a seat or N/A).
+    """
+    s = rec.setup
+    rec.clue_rewards = clue_rewards(rec.votes, s.spy, s.n_players, beta=rewards.beta, lam=rewards.lam)
+    if rec.decision == "observer" and rewards.observer == "shaped":
+        ok = [v is not None for v in rec.votes]
+        rec.decision_rewards = observer_decision_rewards(rec.votes, s.spy, ok)
+    else:
+        rec.decision_rewards = decision_rewards(rec.votes, s.spy, correct=rewards.correct, abstain=rewards.abstain,
+                                                wrong=rewards.wrong)
+    return rec
+
+
 def play_games(setups: Sequence[GameSetup], players: GenerateFn | dict[str, GenerateFn],
                assign: Callable[[GameSetup, int], str] | None = None, *, prompts_path: str | None = None,
-               decision: str = "civilians", observer_samples: int = 8,
-               observer_key: str | None = None) -> list[GameRecord]:
+               decision: str = "civilians", observer_samples: int = 8, observer_key: str | None = None,
+               rewards: RewardConfig | None = None) -> list[GameRecord]:
     """Play every game of ``setups`` to the end (see the module docstring); returns one record per game.
 
     With a dict of ``players``, ``assign(setup, seat)`` names the player key of each seat and
     ``observer_key`` the observer's (default: ``assign(setup, 0)``; seat 0 is the observer).
+    ``rewards``: the run's reward settings (:func:`score_game`); ``None`` = the paper's values.
     """
     if decision not in DECISION_MODES:
         raise ValueError(f"decision must be one of {DECISION_MODES}, got {decision!r}")
@@ -155,7 +179,7 @@ def play_games(setups: Sequence[GameSetup], players: GenerateFn | dict[str, Gene
         raise ValueError("several players need assign(setup, seat) -> player key")
     load_prompts(prompts_path)  # fail early on a bad prompt file
     no_clue = load_prompts(prompts_path).get("no_clue", "(no clue)")
-    records = [GameRecord(setup=s) for s in setups]
+    records = [GameRecord(setup=s, decision=decision) for s in setups]
     rounds = {s.rounds for s in setups}
     n_players = {s.n_players for s in setups}
     max_rounds, max_players = max(rounds, default=0), max(n_players, default=0)
@@ -207,10 +231,9 @@ def play_games(setups: Sequence[GameSetup], players: GenerateFn | dict[str, Gene
         rec.votes.append(parse_vote(gen.text, rec.setup.n_players))
 
     # 3. scoring
+    rewards = rewards if rewards is not None else RewardConfig()
     for rec in records:
-        s = rec.setup
-        rec.clue_rewards = clue_rewards(rec.votes, s.spy, s.n_players)
-        rec.decision_rewards = decision_rewards(rec.votes, s.spy)
+        score_game(rec, rewards)
     return records
 
 

@@ -1,13 +1,15 @@
 """Evaluation of Vision-Zero self-play: held-out games, mixed tables against the frozen base, phase plot.
 
-    python -m train.visionzero.evaluate --base runs/visionzero_toy/base_policy \\
+    synthloop visionzero-eval --base runs/visionzero_toy/base_policy \\
         --trained runs/visionzero_toy/selfplay_policy --config configs/visionzero/toy_selfplay.yaml \\
         --out runs/visionzero_toy
 
 * Held-out set: ``--games`` setups drawn from the self-play config's game generator with a seed of
   their own (``--seed``; the training stream uses ``data.seed``, whose sample indices are hashed with it,
   so no held-out game is a training game). Every table plays the SAME setups with the same sampling
-  seed and the config's temperature.
+  seed and the config's temperature and generation budgets (``model.init_args.generation``).
+* Rewards (shown in the transcripts): the self-play config's ``model.init_args.rewards`` section, scored
+  by the same :func:`train.visionzero.engine.score_game` as training.
 * Tables: base vs base and trained vs trained (spy-identification accuracy = fraction of civilian
   votes naming the spy, N/A and invalid rates, clue-format rate, civilians' majority win rate);
   mixed tables (trained spy vs base civilians, trained civilians vs base spy). The trained policy's
@@ -17,6 +19,9 @@
   ``phase.png``: accuracy / N/A per step, their EMAs, thresholds, and the active phase as bands.
 
 Writes ``eval.json`` and ``eval.md`` (and ``phase.png``) into ``--out``.
+
+Only the standard library is imported at module level, so ``--help`` answers at once; torch, the
+engine and the game data are imported once the arguments are parsed.
 """
 
 from __future__ import annotations
@@ -25,27 +30,39 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import yaml
-
-from datagen.stream import sample_rng
-from datagen.visionzero import GameSetup, GameSetups, civilians_win
-from train.visionzero.engine import GameRecord, format_transcript, game_stats, play_games
+if TYPE_CHECKING:
+    from datagen.visionzero import GameSetup
+    from train.visionzero.engine import GameRecord
 
 
 def load_game_config(config: str | None) -> dict[str, Any]:
-    """Game generator + generation settings from a self-play config (defaults: the toy recipe)."""
+    """Game generator, generation and reward settings of a self-play config (no config: the toy recipe).
+
+    From a config, the ``generation`` and ``rewards`` sections of ``model.init_args`` are read as the
+    training run read them (:class:`~train.visionzero.config.GenerationConfig`,
+    :class:`~train.visionzero.config.RewardConfig`, their defaults for keys the config leaves out);
+    ``rewards`` comes back as a plain dict (JSON).
+    """
+    from dataclasses import asdict
+
+    import yaml
+
+    from train.visionzero.config import GenerationConfig, RewardConfig, coerce
+
     out = {"source": {"n_objects": [2, 3], "k": 2, "size": 64}, "n_civilians": 4, "rounds": 2,
-           "temperature": 1.0, "prompts_path": None, "clue_max_new_tokens": 16, "decision_max_new_tokens": 8}
+           "temperature": 1.0, "prompts_path": None, "clue_max_new_tokens": 16, "decision_max_new_tokens": 8,
+           "rewards": asdict(RewardConfig())}
     if config is None:
         return out
     cfg = yaml.safe_load(Path(config).read_text())
     m = cfg.get("model", {}).get("init_args", {})
-    for k in ("temperature", "prompts_path", "clue_max_new_tokens", "decision_max_new_tokens"):
-        if k in m:
-            out[k] = m[k]
+    gen = coerce(GenerationConfig, m.get("generation"), "model.init_args.generation")
+    for k in ("temperature", "clue_max_new_tokens", "decision_max_new_tokens"):
+        out[k] = getattr(gen, k)
+    out["prompts_path"] = m.get("prompts_path", out["prompts_path"])
+    out["rewards"] = asdict(coerce(RewardConfig, m.get("rewards"), "model.init_args.rewards"))
     g = cfg.get("data", {}).get("init_args", {}).get("generator", {}).get("init_args", {})
     out["n_civilians"] = g.get("n_civilians", out["n_civilians"])
     out["rounds"] = g.get("rounds", out["rounds"])
@@ -56,7 +73,8 @@ def load_game_config(config: str | None) -> dict[str, Any]:
 
 
 def heldout_setups(gcfg: dict[str, Any], n: int, seed: int) -> list[GameSetup]:
-    from datagen.visionzero import WorldPairs
+    from datagen.stream import sample_rng
+    from datagen.visionzero import GameSetups, WorldPairs
 
     src = dict(gcfg["source"])
     if "n_objects" in src and isinstance(src["n_objects"], list):
@@ -67,6 +85,8 @@ def heldout_setups(gcfg: dict[str, Any], n: int, seed: int) -> list[GameSetup]:
 
 def load_policy(path: str, ckpt: str | None = None):
     """An EmbeddingVLM policy from a folder, optionally with the weights of a self-play Lightning checkpoint."""
+    import torch
+
     from models.vlm import EmbeddingVLM
     from train.visionzero.policy import EmbeddingVLMPolicy
 
@@ -79,14 +99,24 @@ def load_policy(path: str, ckpt: str | None = None):
 
 
 def ckpt_history(ckpt: str) -> list[dict]:
+    import torch
+
     return torch.load(ckpt, map_location="cpu", weights_only=True)["visionzero"]["phase"]["history"]
 
 
 def play_table(setups: list[GameSetup], players: dict[str, Any], spy_key: str, civ_key: str,
                gcfg: dict[str, Any], seed: int, batch: int = 64) -> list[GameRecord]:
-    """Play every setup with ``spy_key``'s policy as spy and ``civ_key``'s as civilians (same sampling seed)."""
+    """Play every setup with ``spy_key``'s policy as spy and ``civ_key``'s as civilians (same sampling seed).
+
+    Scored with ``gcfg["rewards"]`` (the run's reward settings, :func:`load_game_config`).
+    """
+    import torch
+
+    from train.visionzero.config import RewardConfig
+    from train.visionzero.engine import play_games
     from train.visionzero.policy import generate_fn
 
+    rewards = RewardConfig(**gcfg["rewards"])
     torch.manual_seed(seed)
     fns = {k: generate_fn(p, temperature=gcfg["temperature"], clue={"max_new_tokens": gcfg["clue_max_new_tokens"]},
                           decision={"max_new_tokens": gcfg["decision_max_new_tokens"]})
@@ -96,13 +126,17 @@ def play_table(setups: list[GameSetup], players: dict[str, Any], spy_key: str, c
         for p in players.values():
             p.clear_cache()
         records += play_games(setups[i:i + batch], fns, lambda s, seat: spy_key if seat == s.spy else civ_key,
-                              prompts_path=gcfg["prompts_path"])
+                              prompts_path=gcfg["prompts_path"], rewards=rewards)
     return records
 
 
 def evaluate(base: str, trained: str, config: str | None, n_games: int = 200, seed: int = 4242,
              out: str | None = None, batch: int = 64, trained_ckpt: str | None = None) -> dict[str, Any]:
     """``trained_ckpt``: evaluate the weights of a self-play checkpoint (on top of ``base``) instead of ``trained``."""
+    import torch
+
+    from train.visionzero.engine import format_transcript, game_stats
+
     torch.set_grad_enabled(False)
     gcfg = load_game_config(config)
     setups = heldout_setups(gcfg, n_games, seed)
@@ -211,4 +245,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["evaluate", "plot_phases", "format_tables", "heldout_setups", "civilians_win"]
+__all__ = ["evaluate", "format_tables", "heldout_setups", "load_game_config", "main", "play_table", "plot_phases"]

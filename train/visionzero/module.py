@@ -1,12 +1,14 @@
 """Vision-Zero self-play training: Iterative Self-Play Policy Optimization as a LightningModule.
 
-Spec: ``shared/methods/visionzero.md``. Fed by ``OnlineDataModule(generator=GameSetups(...))``: one
+Spec: ``docs/specs/visionzero.md``. Fed by ``OnlineDataModule(generator=GameSetups(...))``: one
 sample = one game setup, made, played and scored on one rank. Each training step:
 
 1. plays the batch's games with the *current* policy (:func:`train.visionzero.engine.play_games`):
    every clue turn is one batched generation across all games of the step, every vote of every game
    one more (KV cache, sampling temperature from the config; ``synced_gpus`` under ZeRO-3);
-2. rewards: zero-sum clue rewards from the votes, decision rewards +1 / −0.5 / −1;
+2. rewards: zero-sum clue rewards from the votes, decision rewards +1 / −0.5 / −1, computed once by
+   :func:`train.visionzero.engine.score_game` with the run's ``rewards`` section (the same function
+   scores the evaluation's games);
 3. advantages: clue stage by Role Advantage Estimation (one baseline per role, α = 0.95, updated
    BEFORE use, game by game in global game order so that every rank holds the same baselines);
    decision stage group-normalised within each game, (r − mean) / (std + ε);
@@ -29,6 +31,7 @@ import copy
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +39,16 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
-from datagen.visionzero import GameSetup, PhaseController, RoleAdvantage, group_normalize
-from datagen.visionzero.rules import BETA, DECISION_REWARDS, LAMBDA, RAE_ALPHA
-from train.core.optim import warmup_cosine
+from datagen.visionzero import GameSetup
+from train.core.optim import build_optimizer
 from train.core.strategies import is_deepspeed
+from train.visionzero.advantage import RoleAdvantage, group_normalize
+from train.visionzero.config import KL_COEF, GenerationConfig, LossConfig, PhaseConfig, RewardConfig, coerce
 from train.visionzero.engine import GameRecord, format_transcript, play_games
+from train.visionzero.phase import PhaseController
 
 log = logging.getLogger(__name__)
-KL_COEF = 0.04  # spec: τ
+SECTIONS = {"generation": GenerationConfig, "loss": LossConfig, "rewards": RewardConfig, "phase": PhaseConfig}
 
 
 def setups_from_batch(batch: dict[str, Any]) -> list[GameSetup]:
@@ -82,6 +87,19 @@ def policy_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, 
     return loss, {"pg": float(pg_term.detach()), "kl": float(kl_term.detach())}
 
 
+def all_reduce_sum(values: dict[str, float | torch.Tensor], device: torch.device | str = "cpu") -> dict[str, float]:
+    """Sum named scalars over all ranks: one float64 tensor, ONE ``all_reduce``, back to a dict by name.
+
+    The names are sorted, so every rank stacks them in the same order whatever order it built the dict
+    in. Without an initialised process group the values come back unchanged (as floats).
+    """
+    names = sorted(values)
+    t = torch.stack([torch.as_tensor(values[k], dtype=torch.float64).reshape(()) for k in names]).to(device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return dict(zip(names, t.tolist()))
+
+
 class VisionZeroSelfPlay(pl.LightningModule):
     """Self-play "Who is the spy?" training of a VLM (see the module docstring).
 
@@ -89,66 +107,59 @@ class VisionZeroSelfPlay(pl.LightningModule):
         policy_path: local folder of the initial policy (also π_ref).
         policy_type: ``"embedding_vlm"`` (``EmbeddingVLM.save_pretrained`` folder, the toy recipe) or
             ``"hf_vlm"`` (any HF VLM with a processor and chat template, e.g. Qwen2.5-VL).
-        dtype: load dtype of an ``hf_vlm`` ("bfloat16"...); ``trust_remote_code`` off by default.
+        dtype: load dtype of an ``hf_vlm`` ("bfloat16"...).
+        trust_remote_code: passed to the loaders (off by default).
         prompts_path: prompt templates (default ``configs/visionzero/prompts/game.yaml``).
-        temperature, top_p: sampling (spec: ≈ 0.8).
-        clue_max_new_tokens, decision_max_new_tokens: generation budgets per clue / vote.
-        fixed_length: ``min_new_tokens = max_new_tokens`` (a fixed number of generation steps).
-        synced_gpus: keep ranks stepping together during generation; ``None`` = on under DeepSpeed
-            ZeRO-3 with several processes.
-        gen_batch_size, logprob_micro_batch: split generation / log-prob forwards (None = one batch).
-        lr, weight_decay, warmup_ratio, total_steps: AdamW, linear warm-up (10 %) then cosine.
-        kl_coef: τ. loss_agg: "seq_mean" | "token_mean" (see :func:`policy_loss`).
-        inactive_kl: NOT in the spec (0 = the paper): also anchor the INACTIVE stage's outputs of the
-            step (the clues while the decision stage trains, the votes while the clue stage trains) with
-            this weight × the same k3 KL, no policy-gradient term, to a frozen snapshot of the policy
-            taken when the current phase began (so the anchor keeps the other stage where it was and
-            never pulls it back to π_ref). For small policies whose clue and vote outputs share most
-            weights (docs/visionzero.md, "stage interference"). Not under DeepSpeed.
-        beta, lam: clue-reward weights. rae_alpha: RAE decay (released code: 0.9).
-        decision_reward: ``[correct, abstain, wrong]`` (spec: 1, −0.5, −1).
-        decision: ``"civilians"`` (paper) or ``"observer"`` (released code: one observer prompt sampled
-            ``observer_samples`` times; ``observer_reward="shaped"`` uses the code's shaped reward).
-        phase: :class:`PhaseController` arguments (``mode="alternate"`` = released code).
+        generation: sampling, generation budgets, batching and who votes
+            (:class:`~train.visionzero.config.GenerationConfig`).
+        loss: KL weight, loss aggregation, the off-spec ``inactive_kl`` anchor, RAE decay, group-norm ε,
+            log-prob micro-batches (:class:`~train.visionzero.config.LossConfig`).
+        rewards: clue-reward β / λ and decision rewards (:class:`~train.visionzero.config.RewardConfig`);
+            ``synthloop visionzero-eval`` scores its games with the same section of the config.
+        phase: the Iterative-SPO phase controller (:class:`~train.visionzero.config.PhaseConfig`;
+            ``mode: alternate`` = released code).
+        lr, weight_decay: AdamW (:func:`train.core.optim.build_optimizer`).
+        warmup_steps: linear warm-up in optimizer steps, then cosine to 0 at ``total_steps`` (the spec's
+            10 % warm-up: a tenth of ``trainer.max_steps``).
+        total_steps: schedule length (default ``trainer.max_steps``).
         lora: ``{"r", "alpha", "dropout", "target_modules"}`` to train LoRA adapters (π_ref = adapters off).
         train_projector: also train the EmbeddingVLM projector (default: yes without LoRA, no with it,
             since π_ref must stay the initial policy).
-        adv_eps: ε of the group normalisation.
+        gradient_checkpointing: enable gradient checkpointing in the LM.
         log_transcripts_every, n_transcripts: full game transcripts as text (TensorBoard + transcripts.txt).
         export_path: where the trained policy is written at the end (``save_pretrained``).
         num_threads: ``torch.set_num_threads`` (CPU runs).
         game_log: a JSONL file per rank (``{game_log}.rank{r}``): which games each step played on which
             rank, with turn / vote counts and the RAE + phase state after the step (placement checks).
+
+    The sections may also be given as dicts in Python; they are kept as dicts in ``hparams`` (and so in
+    checkpoints) and as dataclasses in ``self.generation``, ``self.loss_cfg``, ``self.rewards``,
+    ``self.phase_cfg``.
     """
 
     def __init__(self, policy_path: str, policy_type: str = "embedding_vlm", dtype: str | None = None,
-                 trust_remote_code: bool = False, prompts_path: str | None = None, temperature: float = 0.8,
-                 top_p: float = 1.0, clue_max_new_tokens: int = 24, decision_max_new_tokens: int = 8,
-                 fixed_length: bool = False, synced_gpus: bool | None = None, gen_batch_size: int | None = None,
-                 logprob_micro_batch: int | None = None, lr: float = 1e-5, weight_decay: float = 0.0,
-                 warmup_ratio: float = 0.1, total_steps: int | None = None, kl_coef: float = KL_COEF,
-                 loss_agg: str = "seq_mean", inactive_kl: float = 0.0, beta: float = BETA, lam: float = LAMBDA,
-                 rae_alpha: float = RAE_ALPHA,
-                 decision_reward: tuple[float, float, float] = (DECISION_REWARDS["correct"],
-                                                                DECISION_REWARDS["abstain"],
-                                                                DECISION_REWARDS["wrong"]),
-                 decision: str = "civilians", observer_samples: int = 8, observer_reward: str = "paper",
-                 phase: dict[str, Any] | None = None, lora: dict[str, Any] | None = None,
-                 train_projector: bool | None = None, gradient_checkpointing: bool = False, adv_eps: float = 1e-6,
-                 log_transcripts_every: int = 25, n_transcripts: int = 2, export_path: str | None = None,
-                 num_threads: int | None = None, game_log: str | None = None) -> None:
+                 trust_remote_code: bool = False, prompts_path: str | None = None,
+                 generation: GenerationConfig = GenerationConfig(), loss: LossConfig = LossConfig(),
+                 rewards: RewardConfig = RewardConfig(), phase: PhaseConfig = PhaseConfig(), lr: float = 1e-5,
+                 weight_decay: float = 0.0, warmup_steps: int = 0, total_steps: int | None = None,
+                 lora: dict[str, Any] | None = None, train_projector: bool | None = None,
+                 gradient_checkpointing: bool = False, log_transcripts_every: int = 25, n_transcripts: int = 2,
+                 export_path: str | None = None, num_threads: int | None = None, game_log: str | None = None) -> None:
         super().__init__()
+        self.generation = coerce(GenerationConfig, generation, "generation")
+        self.loss_cfg = coerce(LossConfig, loss, "loss")
+        self.rewards = coerce(RewardConfig, rewards, "rewards")
+        self.phase_cfg = coerce(PhaseConfig, phase, "phase")
         self.save_hyperparameters()
+        for name, section in (("generation", self.generation), ("loss", self.loss_cfg), ("rewards", self.rewards),
+                              ("phase", self.phase_cfg)):
+            self.hparams[name] = asdict(section)  # plain dicts: checkpoints load with weights_only=True
         if num_threads:  # on a shared 2-core machine one intra-op thread avoids OpenMP oversubscription
             torch.set_num_threads(int(num_threads))
         if policy_type not in ("embedding_vlm", "hf_vlm"):
             raise ValueError(f"policy_type must be 'embedding_vlm' or 'hf_vlm', got {policy_type!r}")
-        if decision not in ("civilians", "observer"):
-            raise ValueError(f"decision must be 'civilians' or 'observer', got {decision!r}")
-        if observer_reward not in ("paper", "shaped"):
-            raise ValueError(f"observer_reward must be 'paper' or 'shaped', got {observer_reward!r}")
-        self.rae = RoleAdvantage(rae_alpha)
-        self.phase_ctl = PhaseController(**(phase or {}))
+        self.rae = RoleAdvantage(self.loss_cfg.rae_alpha)
+        self.phase_ctl = PhaseController(**asdict(self.phase_cfg))
         self.vlm: torch.nn.Module | None = None
         self.ref: torch.nn.Module | None = None
         # inactive_kl: (phase, frozen snapshot) -- kept out of the module tree (no state_dict/optimizer entry)
@@ -213,7 +224,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
             self.ref = ref
 
     def ref_logprobs(self, gens) -> torch.Tensor:
-        mb = self.hparams.logprob_micro_batch
+        mb = self.loss_cfg.logprob_micro_batch
         with torch.no_grad():
             if self.ref is not None:
                 self.ref.eval()
@@ -229,12 +240,6 @@ class VisionZeroSelfPlay(pl.LightningModule):
     def _world(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
 
-    def _all_reduce(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        if self._world() > 1 and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(t)
-        return t.tolist()
-
     def _all_gather_objects(self, obj: Any) -> list[Any]:
         if self._world() > 1 and dist.is_available() and dist.is_initialized():
             out: list[Any] = [None] * dist.get_world_size()
@@ -243,8 +248,8 @@ class VisionZeroSelfPlay(pl.LightningModule):
         return [obj]
 
     def _synced_gpus(self) -> bool:
-        if self.hparams.synced_gpus is not None:
-            return bool(self.hparams.synced_gpus)
+        if self.generation.synced_gpus is not None:
+            return bool(self.generation.synced_gpus)
         from train.core.strategies import zero_stage
 
         strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
@@ -252,16 +257,16 @@ class VisionZeroSelfPlay(pl.LightningModule):
 
     # -- rollouts -----------------------------------------------------------------------------------
     def gen_kwargs(self) -> dict[str, Any]:
-        hp = self.hparams
-        clue = {"max_new_tokens": hp.clue_max_new_tokens}
-        dec = {"max_new_tokens": hp.decision_max_new_tokens}
-        if hp.fixed_length:
-            clue["min_new_tokens"], dec["min_new_tokens"] = hp.clue_max_new_tokens, hp.decision_max_new_tokens
-        return {"temperature": hp.temperature, "top_p": hp.top_p, "synced_gpus": self._synced_gpus(),
-                "batch_size": hp.gen_batch_size, "clue": clue, "decision": dec}
+        g = self.generation
+        clue = {"max_new_tokens": g.clue_max_new_tokens}
+        dec = {"max_new_tokens": g.decision_max_new_tokens}
+        if g.fixed_length:
+            clue["min_new_tokens"], dec["min_new_tokens"] = g.clue_max_new_tokens, g.decision_max_new_tokens
+        return {"temperature": g.temperature, "top_p": g.top_p, "synced_gpus": self._synced_gpus(),
+                "batch_size": g.batch_size, "clue": clue, "decision": dec}
 
     def play(self, setups: list[GameSetup]) -> tuple[list[GameRecord], dict[str, float]]:
-        """Play ``setups`` with the current policy; returns records and rollout timing."""
+        """Play ``setups`` with the current policy, scored with this run's ``rewards``; records and rollout timing."""
         from train.visionzero.policy import generate_fn
 
         if hasattr(self.policy, "clear_cache"):
@@ -270,7 +275,8 @@ class VisionZeroSelfPlay(pl.LightningModule):
         torch.manual_seed(sum(int(s.seed) for s in setups) % (2**63 - 1))
         t0 = time.perf_counter()
         records = play_games(setups, generate_fn(self.policy, **self.gen_kwargs()), prompts_path=self.hparams.prompts_path,
-                             decision=self.hparams.decision, observer_samples=self.hparams.observer_samples)
+                             decision=self.generation.decision, observer_samples=self.generation.observer_samples,
+                             rewards=self.rewards)
         dt = time.perf_counter() - t0
         tokens = sum(len(pt.generation.data.response_ids) for r in records for pt in r.turns) + \
             sum(len(g.data.response_ids) for r in records for g in r.vote_generations)
@@ -278,19 +284,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
 
     # -- advantages ---------------------------------------------------------------------------------
     def score(self, records: list[GameRecord]) -> dict[str, Any]:
-        """Rewards -> advantages (RAE for clues, group-normalised for votes) + statistics."""
-        from datagen.visionzero import clue_rewards, decision_rewards, observer_decision_rewards
-
-        hp = self.hparams
-        c, a, w = hp.decision_reward
-        for rec in records:  # rewards with this run's hyperparameters
-            s = rec.setup
-            rec.clue_rewards = clue_rewards(rec.votes, s.spy, s.n_players, beta=hp.beta, lam=hp.lam)
-            if hp.decision == "observer" and hp.observer_reward == "shaped":
-                ok = [v is not None for v in rec.votes]
-                rec.decision_rewards = observer_decision_rewards(rec.votes, s.spy, ok)
-            else:
-                rec.decision_rewards = decision_rewards(rec.votes, s.spy, correct=c, abstain=a, wrong=w)
+        """Advantages of played (and already scored) games: RAE for clues, group-normalised for votes."""
         # RAE: every rank folds in every game of the step, in global game order, update before use.
         local = [(rec.setup.index, r, rec.clue_rewards[rec.setup.spy - 1],
                   [rec.clue_rewards[j - 1] for j in rec.setup.civilians]) for r, rec in enumerate(records)]
@@ -307,12 +301,12 @@ class VisionZeroSelfPlay(pl.LightningModule):
                 for j, av in zip(rec.setup.civilians, a_civ):
                     adv[j - 1] = av
                 clue_adv[pos] = adv
-        dec_adv = [group_normalize(rec.decision_rewards, eps=hp.adv_eps) for rec in records]
+        dec_adv = [group_normalize(rec.decision_rewards, eps=self.loss_cfg.adv_eps) for rec in records]
         return {"clue_adv": [clue_adv[i] for i in range(len(records))], "dec_adv": dec_adv}
 
     # -- training -----------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        hp = self.hparams
+        hp, lc = self.hparams, self.loss_cfg
         setups = setups_from_batch(batch)
         phase = self.phase_ctl.phase  # the stage trained in THIS iteration
         records, timing = self.play(setups)
@@ -324,20 +318,20 @@ class VisionZeroSelfPlay(pl.LightningModule):
         else:
             gens = [gen for r in records for gen in r.vote_generations]
             a = [x for g in range(len(records)) for x in adv["dec_adv"][g]]
-        logp, mask = self.policy.logprobs(gens, micro_batch=hp.logprob_micro_batch)
+        logp, mask = self.policy.logprobs(gens, micro_batch=lc.logprob_micro_batch)
         ref_logp = self.ref_logprobs(gens)
         a_t = torch.tensor(a, dtype=logp.dtype, device=logp.device)
-        loss, parts = policy_loss(logp, ref_logp, mask, a_t, hp.kl_coef, hp.loss_agg)
-        if hp.inactive_kl > 0:  # off-spec anchor of the other stage's outputs (see the class docstring)
+        loss, parts = policy_loss(logp, ref_logp, mask, a_t, lc.kl_coef, lc.agg)
+        if lc.inactive_kl > 0:  # off-spec anchor of the other stage's outputs (see LossConfig)
             other = ([gen for r in records for gen in r.vote_generations] if phase == "clue"
                      else [pt.generation for r in records for pt in r.turns])
             if other:
-                lp_o, m_o = self.policy.logprobs(other, micro_batch=hp.logprob_micro_batch)
+                lp_o, m_o = self.policy.logprobs(other, micro_batch=lc.logprob_micro_batch)
                 with torch.no_grad():
                     anchor_lp = self.policy.logprobs(other, model=self.phase_anchor(phase),
-                                                     micro_batch=hp.logprob_micro_batch)[0]
+                                                     micro_batch=lc.logprob_micro_batch)[0]
                 no_adv = torch.zeros(len(other), dtype=lp_o.dtype, device=lp_o.device)
-                anchor, kl_parts = policy_loss(lp_o, anchor_lp, m_o, no_adv, hp.inactive_kl, hp.loss_agg)
+                anchor, kl_parts = policy_loss(lp_o, anchor_lp, m_o, no_adv, lc.inactive_kl, lc.agg)
                 loss = loss + anchor
                 parts["kl_inactive"] = kl_parts["kl"]
 
@@ -348,28 +342,30 @@ class VisionZeroSelfPlay(pl.LightningModule):
         dec_r = [x for r in records for x in r.decision_rewards]
         zero_dec = sum(all(v == 0.0 for v in g) for g in adv["dec_adv"])
         zero_clue = sum(max(r.clue_rewards) == min(r.clue_rewards) for r in records)
-        sums = self._all_reduce([
-            n_votes, sum(r.n_correct for r in records), sum(r.n_na for r in records),
-            sum(r.n_invalid for r in records), len(records), sum(spy_r), len(civ_r), sum(civ_r), sum(dec_r),
-            zero_dec, zero_clue, timing["tokens"], timing["rollout_s"],
-            sum(pt.format_ok for r in records for pt in r.turns), sum(len(r.turns) for r in records)])
-        (nv, nc, nna, ninv, ng, s_spy, n_civ, s_civ, s_dec, z_dec, z_clue, tok, rs, fmt, nturns) = sums
-        acc, na = nc / max(nv, 1), nna / max(nv, 1)
+        t = all_reduce_sum({
+            "votes": n_votes, "correct": sum(r.n_correct for r in records), "na": sum(r.n_na for r in records),
+            "invalid": sum(r.n_invalid for r in records), "games": len(records), "spy_reward": sum(spy_r),
+            "civilians": len(civ_r), "civilian_reward": sum(civ_r), "decision_reward": sum(dec_r),
+            "zero_var_decision": zero_dec, "zero_var_clue": zero_clue, "tokens": timing["tokens"],
+            "rollout_s": timing["rollout_s"], "clue_format_ok": sum(pt.format_ok for r in records for pt in r.turns),
+            "turns": sum(len(r.turns) for r in records)}, self.device)
+        nv, ng = max(t["votes"], 1), max(t["games"], 1)
+        acc, na = t["correct"] / nv, t["na"] / nv
         next_phase = self.phase_ctl.step(acc, na)
 
         bs = len(records)
         metrics = {
             "phase": 1.0 if phase == "clue" else 0.0,
-            "game/accuracy": acc, "game/na_rate": na, "game/invalid_rate": ninv / max(nv, 1),
-            "game/clue_format_ok": fmt / max(nturns, 1),
-            "reward/clue_spy": s_spy / max(ng, 1), "reward/clue_civilian": s_civ / max(n_civ, 1),
-            "reward/decision": s_dec / max(nv, 1),
+            "game/accuracy": acc, "game/na_rate": na, "game/invalid_rate": t["invalid"] / nv,
+            "game/clue_format_ok": t["clue_format_ok"] / max(t["turns"], 1),
+            "reward/clue_spy": t["spy_reward"] / ng, "reward/clue_civilian": t["civilian_reward"] / max(t["civilians"], 1),
+            "reward/decision": t["decision_reward"] / nv,
             "rae/b_spy": self.rae.b_spy, "rae/b_civ": self.rae.b_civ,
             "phase/acc_ema": self.phase_ctl.history[-1]["acc_ema"], "phase/na_ema": self.phase_ctl.history[-1]["na_ema"],
-            "adv/zero_var_frac_decision": z_dec / max(ng, 1), "adv/zero_var_frac_clue": z_clue / max(ng, 1),
+            "adv/zero_var_frac_decision": t["zero_var_decision"] / ng, "adv/zero_var_frac_clue": t["zero_var_clue"] / ng,
             "adv/mean_abs": float(a_t.abs().mean()) if len(a) else 0.0,
             "loss/pg": parts["pg"], "loss/kl": parts["kl"], "loss/kl_inactive": parts.get("kl_inactive", 0.0),
-            "perf/tokens_per_s": tok / max(rs / max(self._world(), 1), 1e-9),
+            "perf/tokens_per_s": t["tokens"] / max(t["rollout_s"] / max(self._world(), 1), 1e-9),
             "perf/rollout_s": timing["rollout_s"], "perf/gen_tokens": timing["tokens"],
         }
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=bs, rank_zero_only=True)
@@ -420,14 +416,10 @@ class VisionZeroSelfPlay(pl.LightningModule):
                 f.write(text + "\n\n")
 
     def configure_optimizers(self):
+        hp = self.hparams
         params = [p for p in self.vlm.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = self.hparams.total_steps or self.trainer.max_steps
-        if total is None or total <= 0:
-            raise ValueError("VisionZeroSelfPlay: set model.total_steps or trainer.max_steps")
-        warm = int(round(self.hparams.warmup_ratio * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizer(params, lr=hp.lr, weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
+                               total_steps=hp.total_steps or self.trainer.max_steps, owner="VisionZeroSelfPlay")
 
     # -- state ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -12,14 +12,13 @@ of self-play, written with ``EmbeddingVLM.save_pretrained`` to ``export_path``.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from train.core.optim import warmup_cosine
+from train.core.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +81,21 @@ class VisionZeroSFT(pl.LightningModule):
         tiny_lm: ``build_tiny_lm`` size arguments (hidden, layers, heads...).
         prompts_path: the game's prompt templates (the SFT samples use the same file).
         n_players, rounds: game size (vocabulary; match the data generator).
-        lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay.
-        tower_lr_scale: learning-rate factor of a trainable vision tower.
+        lr, weight_decay: AdamW (:func:`train.core.optim.build_optimizer`).
+        warmup_steps: linear warm-up in optimizer steps, then cosine decay to ``min_lr_ratio`` × ``lr`` at
+            ``trainer.max_steps``.
+        betas: AdamW's (β1, β2); the default β2 = 0.98 (not torch's 0.999) suits the short, noisy
+            tiny-LM run.
+        min_lr_ratio: the cosine's floor as a fraction of the peak LR.
+        tower_lr_scale: learning-rate factor of a trainable vision tower (its own parameter group).
         export_path: where the base policy is written (``EmbeddingVLM.save_pretrained``).
     """
 
     def __init__(self, lm_path: str = "runs/visionzero_toy/tiny_lm", vision_tower: dict[str, Any] | None = None,
                  num_visual_tokens: int = 4, token_mode: str = "split", tiny_lm: dict[str, Any] | None = None,
                  prompts_path: str | None = None, n_players: int = 5, rounds: int = 2, lr: float = 1e-3,
-                 weight_decay: float = 0.01, warmup_steps: int = 50, tower_lr_scale: float = 0.1,
+                 weight_decay: float = 0.01, warmup_steps: int = 50, betas: tuple[float, float] = (0.9, 0.98),
+                 min_lr_ratio: float = 0.05, tower_lr_scale: float = 0.1,
                  export_path: str = "runs/visionzero_toy/base_policy", seed: int = 0,
                  num_threads: int | None = None) -> None:
         super().__init__()
@@ -149,11 +154,10 @@ class VisionZeroSFT(pl.LightningModule):
         groups = [{"params": rest, "lr": self.hparams.lr}]
         if tower:
             groups.append({"params": tower, "lr": self.hparams.lr * self.hparams.tower_lr_scale})
-        opt = torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay, betas=(0.9, 0.98))
-        total = self.trainer.max_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, self.hparams.warmup_steps, total,
-                                                                               0.05))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        return build_optimizer(groups, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas),
+                               warmup_steps=hp.warmup_steps, total_steps=self.trainer.max_steps,
+                               min_lr_ratio=hp.min_lr_ratio, owner="VisionZeroSFT")
 
     @torch.no_grad()
     def quick_eval(self, n: int = 96, seed: int = 777) -> dict[str, float]:
@@ -190,4 +194,4 @@ class VisionZeroSFT(pl.LightningModule):
             log.warning("quick_eval failed: %s", exc)
 
 
-__all__ = ["VisionZeroSFT", "build_toy_vlm", "SFTTransform", "math"]
+__all__ = ["VisionZeroSFT", "build_toy_vlm", "SFTTransform"]

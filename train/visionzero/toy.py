@@ -1,45 +1,90 @@
 """The whole Vision-Zero toy pipeline in one command (CPU): base policy -> self-play -> evaluation.
 
-    python -m train.visionzero.toy                 # SFT + self-play + eval, prints the tables
-    python -m train.visionzero.toy --reuse-base    # keep runs/visionzero_toy/base_policy if it exists
+    synthloop visionzero-toy                 # SFT + self-play + eval, prints the tables
+    synthloop visionzero-toy --reuse-base    # keep runs/visionzero_toy/base_policy if it exists
+    synthloop visionzero-toy -- --trainer.max_steps=60    # extra arguments for the self-play stage
 
-Stages (each a normal ``synthloop fit`` run, so each can also be run by hand):
+Stages, chained in this process through :func:`train.core.cli.fit_stage` (each is exactly the
+``synthloop`` command shown, so each can also be run by hand):
 
 1. ``synthloop fit --config configs/visionzero/toy_sft.yaml``      -> runs/visionzero_toy/base_policy
 2. ``synthloop fit --config configs/visionzero/toy_selfplay.yaml`` -> runs/visionzero_toy/selfplay_policy
-3. ``python -m train.visionzero.evaluate``  -> runs/visionzero_toy/{eval.md, eval.json, phase.png}
+3. ``synthloop visionzero-eval --config configs/visionzero/toy_selfplay.yaml``
+   -> runs/visionzero_toy/{eval.md, eval.json, phase.png}
 
 Needs the quickstart's tiny CLIP (runs/quickstart/clip_final.pt, ``synthloop fit --config
-configs/quickstart.yaml``, ~8 min). Wall time per stage goes to runs/visionzero_toy/summary.md.
+configs/quickstart.yaml``, ~8 min). Paths are relative to the repository root (the stages run there).
+Each stage's output is also written to ``<out>/{sft,selfplay,eval}.log``; the wall time per stage goes
+to ``<out>/summary.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
-import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(cmd: list[str], log: Path, env: dict) -> float:
+class _Tee:
+    """A text stream that writes to the console and to a log file."""
+
+    def __init__(self, *streams) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+# loggers that do not propagate to the root logger (Lightning's own handlers)
+_LOGGERS = ("", "pytorch_lightning", "lightning_fabric")
+
+
+@contextlib.contextmanager
+def _logged(log: Path) -> Iterator[None]:
+    """Copy everything printed or logged while the block runs into ``log`` (the console still gets it)."""
+    with open(log, "w", encoding="utf-8") as f:
+        out, err = sys.stdout, sys.stderr
+        handler = logging.StreamHandler(f)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in _LOGGERS:
+            logging.getLogger(name).addHandler(handler)
+        sys.stdout, sys.stderr = _Tee(out, f), _Tee(err, f)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = out, err
+            for name in _LOGGERS:
+                logging.getLogger(name).removeHandler(handler)
+
+
+def _stage(title: str, log: Path, fn: Callable[[], object]) -> float:
+    print(f"$ {title}", flush=True)
     t0 = time.perf_counter()
-    print("$ " + " ".join(cmd), flush=True)
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    with _logged(log):
+        fn()
     dt = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = log.read_text()[-3000:]
-        raise SystemExit(f"stage failed ({' '.join(cmd)}), log {log}:\n{tail}")
     print(f"  done in {dt / 60:.1f} min (log: {log})", flush=True)
     return dt
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="synthloop visionzero-toy", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/visionzero_toy")
     ap.add_argument("--reuse-base", action="store_true", help="skip the SFT stage when the base policy exists")
     ap.add_argument("--sft-config", default="configs/visionzero/toy_sft.yaml")
@@ -47,26 +92,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--games", type=int, default=200, help="held-out evaluation games")
     ap.add_argument("extra", nargs="*", help="extra arguments for the self-play run (e.g. --trainer.max_steps=60)")
     a = ap.parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported (the stages import it)
+    with contextlib.chdir(ROOT):  # the configs name their files relative to the repository root
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
+    from train.core.cli import fit_stage
+    from train.visionzero import evaluate
+
     out = ROOT / a.out
     out.mkdir(parents=True, exist_ok=True)
     if not (ROOT / "runs/quickstart/clip_final.pt").is_file():
         raise SystemExit("runs/quickstart/clip_final.pt is missing: run `synthloop fit --config configs/quickstart.yaml`")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cli = [sys.executable, "-m", "train.cli", "fit", "--trainer.enable_progress_bar=false"]
     times: dict[str, float] = {}
     t_all = time.perf_counter()
     if a.reuse_base and (out / "base_policy" / "vlm_config.json").is_file():
         print("reusing", out / "base_policy")
     else:
-        times["sft"] = _run(cli + ["--config", a.sft_config, f"--model.init_args.lm_path={out / 'tiny_lm'}",
-                                   f"--model.init_args.export_path={out / 'base_policy'}"], out / "sft.log", env)
-    times["selfplay"] = _run(cli + ["--config", a.selfplay_config,
-                                    f"--model.init_args.policy_path={out / 'base_policy'}",
-                                    f"--model.init_args.export_path={out / 'selfplay_policy'}"] + a.extra,
-                             out / "selfplay.log", env)
-    times["eval"] = _run([sys.executable, "-m", "train.visionzero.evaluate", "--config", a.selfplay_config,
-                          "--base", str(out / "base_policy"), "--trained", str(out / "selfplay_policy"),
-                          "--games", str(a.games), "--out", str(out)], out / "eval.log", env)
+        sft = [f"--model.init_args.lm_path={out / 'tiny_lm'}", f"--model.init_args.export_path={out / 'base_policy'}"]
+        times["sft"] = _stage(f"synthloop fit --config {a.sft_config} " + " ".join(sft), out / "sft.log",
+                              lambda: fit_stage(a.sft_config, sft))
+    selfplay = [f"--model.init_args.policy_path={out / 'base_policy'}",
+                f"--model.init_args.export_path={out / 'selfplay_policy'}", *a.extra]
+    times["selfplay"] = _stage(f"synthloop fit --config {a.selfplay_config} " + " ".join(selfplay),
+                               out / "selfplay.log", lambda: fit_stage(a.selfplay_config, selfplay))
+    ev = ["--config", a.selfplay_config, "--base", str(out / "base_policy"), "--trained", str(out / "selfplay_policy"),
+          "--games", str(a.games), "--out", str(out)]
+    times["eval"] = _stage("synthloop visionzero-eval " + " ".join(ev), out / "eval.log", lambda: evaluate.main(ev))
     total = time.perf_counter() - t_all
     table = (out / "eval.md").read_text()
     summary = (table + "\nwall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())

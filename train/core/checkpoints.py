@@ -1,0 +1,362 @@
+"""Checkpoints of every recipe: atomic writes, validity, and the ONE rule that picks the checkpoint to resume.
+
+* **Atomic writes** (:class:`AtomicModelCheckpoint`, :class:`AtomicCheckpointIO`, :func:`commit`): a
+  checkpoint file is written with :func:`models.io.atomic_write` (temporary name in its own directory,
+  fsync, ``os.replace``, directory fsync); a DeepSpeed checkpoint *directory* is written under
+  ``.<name>.partial`` and swapped in with two renames (:func:`commit`). A kill at any moment leaves the
+  previous checkpoint or the new one, never a torn one. Loading uses ``torch.load(weights_only=True)`` and
+  fails with a message naming the file when it is unreadable.
+* **Validity** (:func:`checkpoint_problem`, :func:`checkpoint_step`): a structural check (the zip archive of
+  ``torch.save`` is complete; a DeepSpeed directory has its ``latest`` tag and intact shards) and the
+  checkpoint's ``global_step`` (read with ``mmap``, so tensors are not loaded).
+* **The resume rule** (:func:`latest_checkpoint`, :func:`find_resume_checkpoint`), used by ``synthloop fit
+  --resume auto`` (:func:`apply_resume_auto`), ``synthloop continual`` (each task's ``checkpoints/``) and the
+  SLURM requeue (``python -m train.core.preemption latest RUN_DIR``, called by ``launch/slurm.sbatch``):
+
+      Among the complete, valid checkpoints under the given directories (searched recursively), resume
+      from the one with the highest ``global_step``; ties go to the newest (mtime), then to the first in
+      path order. Candidates are ``*.ckpt`` files and DeepSpeed ``*.ckpt`` directories, plus a
+      ``.<name>.ckpt.old`` directory that an interrupted DeepSpeed swap left behind. Hidden names
+      (temporaries and ``.partial`` checkpoints being written) are never candidates; a torn or unreadable
+      checkpoint is skipped with a warning naming it and why.
+
+  The step decides, not the name: ``last.ckpt`` and ``step000040.ckpt`` of the same step are the same
+  training state, and a pre-emption checkpoint (``hpc_ckpt_<n>.ckpt``) that is further along wins over
+  an older ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from models.io import atomic_write, fsync_dir
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"  # suffix of a checkpoint being written (hidden: ".<name>.partial")
+OLD = ".old"  # suffix of a replaced DeepSpeed checkpoint directory during the swap
+# DeepSpeed's rank-0 model-states shard, where Lightning keeps its trainer state: ZeRO-1/2, then ZeRO-3
+_DS_CLIENT_SHARDS = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+
+# -- writing --------------------------------------------------------------------------------------
+def partial_path(path: str | os.PathLike) -> str:
+    """Where a checkpoint is written before it is renamed to ``path`` (same directory, hidden name)."""
+    p = Path(path)
+    return str(p.with_name(f".{p.name}{PARTIAL}"))
+
+
+def _remove(path: str | os.PathLike) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move a fully written checkpoint (file or DeepSpeed directory) from ``tmp`` to ``path``."""
+    tmp, path = os.fspath(tmp), os.fspath(path)
+    if os.path.isdir(tmp) and os.path.lexists(path):
+        old = str(Path(path).with_name(f".{Path(path).name}{OLD}"))
+        _remove(old)
+        os.rename(path, old)  # a crash between the two renames leaves `old`, a complete checkpoint
+        os.rename(tmp, path)
+        _remove(old)
+    else:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` through :func:`models.io.atomic_write` (temp file beside the target); safe loading.
+
+    Lightning's own save goes through an fsspec transaction whose temp file lives in the system temp
+    directory: when that is another filesystem the final move is a copy, which a kill can tear.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+
+        path = os.fspath(path)
+        if os.path.isdir(path) and not os.path.islink(path):  # a DeepSpeed checkpoint of that name: swap it out
+            tmp = f"{partial_path(path)}-{os.getpid()}"
+            try:
+                atomic_write(tmp, write)
+                commit(tmp, path)
+            finally:
+                if os.path.isfile(tmp):
+                    os.remove(tmp)
+        else:
+            atomic_write(path, write)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise RuntimeError(f"synthloop: checkpoint {path} is unreadable ({problem}); it is truncated or "
+                               "corrupt: delete it or resume from another checkpoint")
+        try:
+            return torch.load(path, map_location=map_location or "cpu",
+                              weights_only=True if weights_only is None else weights_only)
+        except Exception as exc:
+            raise RuntimeError(f"synthloop: cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose every save (files, DeepSpeed directories) is written aside, then renamed.
+
+    All ranks write into ``.<name>.partial`` (DeepSpeed shards each rank's part there), meet at a
+    barrier, and rank 0 renames it into place. Its state key is the stock one, so checkpoints stay
+    interchangeable with plain ``ModelCheckpoint`` runs.
+    """
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        from weakref import proxy
+
+        tmp = partial_path(filepath)
+        if trainer.is_global_zero:
+            _remove(tmp)
+        trainer.strategy.barrier("synthloop_ckpt_start")
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        trainer.strategy.barrier("synthloop_ckpt_written")
+        if trainer.is_global_zero:
+            commit(tmp, filepath)
+        trainer.strategy.barrier("synthloop_ckpt_committed")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+
+def harden_trainer(trainer: pl.Trainer) -> pl.Trainer:
+    """Atomic checkpoint writes and safe loading for a constructed Trainer (before ``fit``).
+
+    Plain ``ModelCheckpoint`` callbacks become :class:`AtomicModelCheckpoint` (a subclass that only
+    changes how the file is written), and the strategy's default ``TorchCheckpointIO`` becomes
+    :class:`AtomicCheckpointIO`.
+    """
+    for cb in trainer.callbacks:
+        if type(cb) is ModelCheckpoint:
+            cb.__class__ = AtomicModelCheckpoint
+    strategy = trainer.strategy
+    io = getattr(strategy, "_checkpoint_io", None)
+    if io is None or type(io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer
+
+
+# -- validity -------------------------------------------------------------------------------------
+def _zip_problem(path: str) -> str | None:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"not a complete torch.save archive: {exc}"
+    if not any(n.endswith("data.pkl") for n in names):
+        return "archive without data.pkl"
+    return None
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """None when ``path`` looks like a complete checkpoint (file or DeepSpeed directory), else why not.
+
+    A structural check (zip central directory present, DeepSpeed ``latest`` tag and its shards), not a
+    full load: cheap enough to run on every candidate at start-up.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        return _zip_problem(path)
+    if os.path.isdir(path):
+        latest = Path(path) / "latest"
+        if not latest.is_file():
+            return "DeepSpeed checkpoint directory without a `latest` tag"
+        tag_dir = Path(path) / latest.read_text().strip()
+        shards = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
+        if not any("model_states" in s.name for s in shards):
+            return f"DeepSpeed checkpoint directory without model states in {tag_dir.name}/"
+        for shard in shards:
+            problem = _zip_problem(str(shard))
+            if problem is not None:
+                return f"{shard.name}: {problem}"
+        return None
+    return "does not exist"
+
+
+def valid_checkpoint(path: str | os.PathLike) -> bool:
+    return checkpoint_problem(path) is None
+
+
+def _client_shard(path: Path) -> Path:
+    """A DeepSpeed checkpoint directory's rank-0 model-states shard (``latest`` names the tag)."""
+    latest = path / "latest"
+    tag = latest.read_text().strip() if latest.is_file() else "checkpoint"
+    for name in _DS_CLIENT_SHARDS:
+        if (path / tag / name).is_file():
+            return path / tag / name
+    return path / tag / _DS_CLIENT_SHARDS[0]
+
+
+def _read_step(path: Path) -> int:
+    if path.is_dir():
+        path = _client_shard(path)
+    import contextlib
+
+    allow: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if "mp_rank_" in path.name:  # DeepSpeed pickles a few of its own classes into its shards
+        from train.core.strategies import deepspeed_safe_globals
+
+        allow = torch.serialization.safe_globals(deepspeed_safe_globals())
+    with allow:
+        try:  # mmap: tensors are not read, so this is cheap even for multi-GB checkpoints
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip-format checkpoint: read it whole
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    return int(state["global_step"])
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The ``global_step`` of a Lightning checkpoint (file or DeepSpeed directory), or ``None`` (with a
+    warning naming it) when it cannot be read (truncated, corrupt, not a Lightning checkpoint)."""
+    try:
+        return _read_step(Path(path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped
+        log.warning("skipping checkpoint %s: unreadable (%s: %s)", path, type(exc).__name__, exc)
+        return None
+
+
+# -- the resume rule ------------------------------------------------------------------------------
+def _is_swap_leftover(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".ckpt" + OLD)
+
+
+def _candidates(root: Path) -> list[Path]:
+    """``*.ckpt`` files and directories under ``root`` (recursively, in path order), plus ``.*.ckpt.old``
+    swap leftovers; never hidden names otherwise, never anything inside a checkpoint directory."""
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        descend = []
+        for name in dirnames:
+            if (name.endswith(".ckpt") and not name.startswith(".")) or _is_swap_leftover(name):
+                out.append(Path(dirpath) / name)  # a DeepSpeed checkpoint: not searched inside
+            elif not name.startswith("."):  # hidden folders: temporaries, .partial checkpoints, VCS
+                descend.append(name)
+        dirnames[:] = descend
+        out += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".ckpt") and not f.startswith(".")]
+    return sorted(out)
+
+
+def latest_checkpoint(*dirs: str | os.PathLike) -> tuple[Path, int] | None:
+    """The checkpoint to resume from under ``dirs`` and its ``global_step``, by the rule in the module
+    docstring (highest step, then newest, among complete, valid ones); ``None`` when there is none."""
+    best: tuple[int, int, Path] | None = None
+    for d in dirs:
+        root = Path(d)
+        if not root.is_dir():
+            continue
+        for p in _candidates(root):
+            problem = checkpoint_problem(p)
+            if problem is not None:
+                log.warning("skipping checkpoint %s: %s", p, problem)
+                continue
+            step = checkpoint_step(p)
+            if step is None:
+                continue
+            key = (step, p.stat().st_mtime_ns, p)
+            if best is None or key[:2] > best[:2]:
+                best = key
+    return None if best is None else (best[2], best[0])
+
+
+def find_resume_checkpoint(*dirs: str | os.PathLike) -> str | None:
+    """:func:`latest_checkpoint`'s path as a string (what ``Trainer.fit(ckpt_path=...)`` takes), or None."""
+    found = latest_checkpoint(*dirs)
+    return None if found is None else str(found[0])
+
+
+def _cfg_get(ns: Any, key: str, default: Any = None) -> Any:
+    cur = ns
+    for part in key.split("."):
+        if cur is None:
+            return default
+        cur = cur.get(part, None) if hasattr(cur, "get") else getattr(cur, part, None)
+    return default if cur is None else cur
+
+
+def apply_resume_auto(cfg: Any) -> str | None:
+    """``--resume auto`` for ``synthloop fit``: point ``ckpt_path`` at the run's checkpoint to resume from.
+
+    Looks in the ``dirpath`` of configured ``ModelCheckpoint`` callbacks, else in
+    ``<logger save_dir>/<name>/version_*/checkpoints`` (newest version with a checkpoint first) or
+    ``<default_root_dir>/checkpoints``, and picks by :func:`latest_checkpoint`'s rule; when found under a
+    logger version, the logger is pinned to that version so the resumed run keeps writing into the same
+    run directory. ``cfg`` is the subcommand's (jsonargparse) config; returns the checkpoint or None (a
+    fresh run). An explicit ``ckpt_path`` wins.
+    """
+    if cfg.get("ckpt_path"):
+        return cfg.get("ckpt_path")
+    root_dir = Path(_cfg_get(cfg, "trainer.default_root_dir") or os.getcwd())
+    dirs = [d for cb in (_cfg_get(cfg, "trainer.callbacks") or [])
+            if str(_cfg_get(cb, "class_path", "")).endswith("ModelCheckpoint")
+            and (d := _cfg_get(cb, "init_args.dirpath"))]
+    if dirs:
+        found = find_resume_checkpoint(*dirs)
+        if found:
+            cfg["ckpt_path"] = found
+        return found
+    logger = _cfg_get(cfg, "trainer.logger")
+    first = logger[0] if isinstance(logger, list) and logger else logger
+    if first is False:
+        found = find_resume_checkpoint(root_dir / "checkpoints")
+    else:
+        args = _cfg_get(first, "init_args") if first is not None and first is not True else None
+        save_dir = Path(_cfg_get(args, "save_dir") or root_dir)
+        name = _cfg_get(args, "name", "lightning_logs") if args is not None else "lightning_logs"
+        base = save_dir / name if name else save_dir
+        version = _cfg_get(args, "version")
+        if version is not None:
+            vdirs = [base / (version if isinstance(version, str) else f"version_{version}")]
+        else:
+            def number(p: Path) -> int:
+                tail = p.name.split("_", 1)[-1]
+                return int(tail) if tail.isdigit() else -1
+
+            vdirs = sorted(base.glob("version_*"), key=number, reverse=True) if base.is_dir() else []
+        found = None
+        for vdir in vdirs:
+            found = find_resume_checkpoint(vdir / "checkpoints")
+            if found:
+                if version is None and args is not None:
+                    tail = vdir.name.split("_", 1)[-1]
+                    args["version"] = int(tail) if tail.isdigit() else vdir.name
+                break
+    if found:
+        cfg["ckpt_path"] = found
+        log.info("resuming from %s", found)
+    return found
