@@ -12,7 +12,7 @@ and the caption itself as plain text). The
 loop here is plain PyTorch so that sizes and lengths can be varied quickly, and differs from the
 Lightning text stage in two ways: gradients are clipped at norm 1, and the LR multiplier is the linear
 warm-up (5 % of the steps) times one cosine over the whole run, not ``train.clip.pretrain.warmup_cosine``
-(cosine after the warm-up). The README's reading figures were measured with exactly this loop. It then prints the text-reading accuracy: the LM reads each held-out record's gold
+(cosine after the warm-up). The reading figures in docs/results/unicorn.md were measured with exactly this loop. It then prints the text-reading accuracy: the LM reads each held-out record's gold
 caption as text and answers (``train.unicorn.vqa_eval.evaluate_text_reading``). No transfer mode can push the
 VLM above this ceiling. The short-answer mix (the default) leaves out the step-by-step reasoning answers
 and the caption-only example, so the few answer tokens are not outweighed by long texts.

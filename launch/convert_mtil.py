@@ -4,7 +4,7 @@ Run on a machine that has (or may download) the torchvision datasets::
 
     python launch/convert_mtil.py --src /data/torchvision --out /data/mtil [--datasets Aircraft MNIST] [--download]
 
-Split rules (``shared/methods/gift.md``): Caltech101, EuroSAT and SUN397 have no official split and get
+Split rules (``docs/specs/gift.md``): Caltech101, EuroSAT and SUN397 have no official split and get
 an 80/20 random split with seed 42 (same indices as ``torch.utils.data.random_split(ds, [0.8, 0.2],
 generator=torch.Generator().manual_seed(42))``); Aircraft uses FGVCAircraft ``train`` / ``test``;
 OxfordPet ``trainval`` / ``test``; the others their standard train / test. All labels are 0-indexed as

@@ -18,7 +18,8 @@ from conftest import CountingGenerator
 from train.core.checkpoints import (AtomicCheckpointIO, AtomicModelCheckpoint, apply_resume_auto, checkpoint_problem,
                                     commit, find_resume_checkpoint, harden_trainer, latest_checkpoint, partial_path)
 from train.core.datamodule import OnlineDataModule
-from train.core.resilience import FaultInjection, NonFiniteGuard, NonFiniteLossError, guard_loss
+from train.core.resilience import (DEFAULT_MAX_NONFINITE, MAX_NONFINITE_ENV, FaultInjection, NonFiniteGuard,
+                                   NonFiniteLossError, guard_loss)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +77,13 @@ def test_too_many_nonfinite_steps_in_a_row_stop_with_a_clear_error(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"3 consecutive training steps had a non-finite loss \(last value "
                                                  r"nan, at global step 3; 3 skipped in all\)"):
         trainer.fit(Tiny(), datamodule=_data())
+
+
+def test_the_nonfinite_limit_defaults_to_25_and_the_environment_overrides_it(monkeypatch):
+    monkeypatch.delenv(MAX_NONFINITE_ENV, raising=False)
+    assert NonFiniteGuard().max_consecutive == DEFAULT_MAX_NONFINITE == 25
+    monkeypatch.setenv(MAX_NONFINITE_ENV, "7")
+    assert NonFiniteGuard().max_consecutive == 7 and NonFiniteGuard(max_consecutive=3).max_consecutive == 3
 
 
 def test_a_failing_sample_is_dropped_and_counted_not_fatal(tmp_path):

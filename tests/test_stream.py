@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from datagen.stream import GeneratorStream, sample_rng, take
+from datagen.stream import DEFAULT_MAX_CONSECUTIVE_FAILURES, GeneratorStream, sample_rng, take
 from tests.conftest import CountingGenerator
 from train.core.datamodule import OnlineDataModule, collate_samples
 
@@ -63,6 +63,15 @@ def test_persistently_broken_generator_raises_clear_error():
         assert "10 samples in a row were invalid" in str(exc) and "generator failed" in str(exc)
     else:
         raise AssertionError("expected a RuntimeError")
+
+
+def test_the_consecutive_failure_limit_is_a_datamodule_setting():
+    assert GeneratorStream(CountingGenerator(), seed=0).max_consecutive_failures == DEFAULT_MAX_CONSECUTIVE_FAILURES
+    dm = OnlineDataModule(generator=CountingGenerator(raise_every=1), batch_size=2, max_consecutive_failures=4)
+    with pytest.raises(RuntimeError, match="4 samples in a row were invalid"):
+        take(dm.build_stream(), 1)
+    with pytest.raises(ValueError, match="max_consecutive_failures must be >= 1"):
+        OnlineDataModule(generator=CountingGenerator(), max_consecutive_failures=0)
 
 
 class _Recorder(pl.LightningModule):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,70 @@ def test_rae_in_global_game_order_and_transcripts(tiny_policy_dir, tmp_path):
         assert a[r.setup.spy - 1] == pytest.approx(expect[r.setup.index][0])
         assert [a[j - 1] for j in r.setup.civilians] == pytest.approx(expect[r.setup.index][1])
     assert all(len(d) == 3 for d in adv["dec_adv"])
+
+
+def test_rewards_are_scored_once_with_the_runs_settings(tiny_policy_dir):
+    """play() scores with the module's ``rewards`` section (engine.score_game); score() only takes advantages."""
+    from datagen.stream import sample_rng
+    from datagen.visionzero import GameSetups, WorldPairs, clue_rewards, decision_rewards
+    from train.visionzero.engine import score_game
+
+    rw = RewardConfig(beta=0.3, lam=0.2, correct=2.0, abstain=-0.25, wrong=-1.5)
+    m = _module(tiny_policy_dir, rewards=asdict(rw))
+    m.configure_model()
+    games = GameSetups(WorldPairs(n_objects=(2, 3)), n_civilians=2, rounds=1)
+    setups = [games.setup(sample_rng(0, i), i) for i in range(3)]
+    records, _ = m.play(setups)
+    for r in records:
+        s = r.setup
+        assert r.clue_rewards == clue_rewards(r.votes, s.spy, s.n_players, beta=0.3, lam=0.2)
+        assert r.decision_rewards == decision_rewards(r.votes, s.spy, correct=2.0, abstain=-0.25, wrong=-1.5)
+    before = [(list(r.clue_rewards), list(r.decision_rewards)) for r in records]
+    m.score(records)  # advantages only: the rewards stay as scored
+    assert [(r.clue_rewards, r.decision_rewards) for r in records] == before
+    # the observer variant's shaped reward, through the same function
+    obs = _module(tiny_policy_dir, generation={"decision": "observer", "observer_samples": 2},
+                  rewards={"observer": "shaped"})
+    obs.configure_model()
+    for r in obs.play(setups[:2])[0]:
+        assert r.decision == "observer" and len(r.votes) == 2
+        shaped = list(r.decision_rewards)
+        assert score_game(r, RewardConfig(observer="shaped")).decision_rewards == shaped
+        assert all(any(x == pytest.approx(v) for v in (-0.3, 0.3, 2.49)) for x in shaped)
+
+
+def test_all_reduce_sum_is_by_name():
+    out = all_reduce_sum({"b": 2, "a": torch.tensor(0.5), "c": 3.25})
+    assert out == {"a": 0.5, "b": 2.0, "c": 3.25} and list(out) == ["a", "b", "c"]
+    assert all(isinstance(v, float) for v in out.values())
+
+
+def test_config_sections_parse_from_dicts_and_land_in_hparams_as_dicts(tiny_policy_dir):
+    m = _module(tiny_policy_dir, generation={"temperature": 0.5, "batch_size": 3}, loss={"agg": "token_mean"},
+                rewards={"beta": 0.2}, phase=PhaseConfig(mode="alternate"))
+    assert m.generation.temperature == 0.5 and m.generation.batch_size == 3 and m.generation.clue_max_new_tokens == 6
+    assert m.loss_cfg.agg == "token_mean" and m.rewards.beta == 0.2 and m.rewards.lam == 0.1
+    assert m.phase_ctl.mode == "alternate" and m.rae.alpha == 0.95
+    assert m.gen_kwargs()["batch_size"] == 3 and m.gen_kwargs()["clue"] == {"max_new_tokens": 6}
+    for name in ("generation", "loss", "rewards", "phase"):  # plain dicts: checkpoints load with weights_only
+        assert isinstance(m.hparams[name], dict)
+    assert m.hparams["rewards"]["beta"] == 0.2
+    with pytest.raises(ValueError, match="temprature"):
+        VisionZeroSelfPlay(policy_path=tiny_policy_dir, generation={"temprature": 1.0})
+    with pytest.raises(ValueError, match="decision"):
+        GenerationConfig(decision="nobody")
+    with pytest.raises(ValueError, match="observer"):
+        RewardConfig(observer="bonus")
+
+
+def test_warmup_is_in_steps(tiny_policy_dir):
+    from train.core.optim import warmup_cosine
+
+    m = _module(tiny_policy_dir, warmup_steps=3, total_steps=10)
+    m.configure_model()
+    sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert [sched.lr_lambdas[0](s) for s in range(10)] == [warmup_cosine(s, 3, 10) for s in range(10)]
+    assert sched.lr_lambdas[0](0) == pytest.approx(1 / 3)
 
 
 CONFIG = """

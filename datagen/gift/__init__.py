@@ -1,6 +1,6 @@
 """GIFT synthetic replay: prompt pools, text-to-image backends and cached replay sets.
 
-Typical use at the boundary before task t (see ``shared/methods/gift.md``)::
+Typical use at the boundary before task t (see ``docs/specs/gift.md``)::
 
     pool = build_pool("imagenet", [(fam.classnames, fam.templates[0]) for fam in tasks[:t]])
     backend = DiffusersT2I("path/to/sd15", scheduler="pndm", steps=50)   # or WorldT2I(64) for toy runs

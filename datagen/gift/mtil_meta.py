@@ -2,7 +2,7 @@
 
 Source of the names and templates: OpenAI CLIP's ``data/prompts.md`` (the lists CLIP, ZSCL and the
 GIFT code evaluate with), except EuroSAT, whose descriptive names are the ones the MTIL spec asks for
-(``shared/methods/gift.md``). Every list is written in **torchvision's label order** (0-indexed), which
+(``docs/specs/gift.md``). Every list is written in **torchvision's label order** (0-indexed), which
 is what ``launch/convert_mtil.py`` writes to disk:
 
 * CLIP's OxfordPets list is in ASCII order (capitalised cat breeds first); torchvision numbers the

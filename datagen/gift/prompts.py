@@ -1,6 +1,6 @@
 """GIFT prompt pools: the class-name prompts whose synthetic images are replayed at task ``t``.
 
-Spec (``shared/methods/gift.md``): ``P_t = {"a photo of a {c}." for the 1000 ImageNet class names}
+Spec (``docs/specs/gift.md``): ``P_t = {"a photo of a {c}." for the 1000 ImageNet class names}
 ∪ {first-template prompts of all classes of the tasks before t}``; the current task's own classes are
 not in its pool. N prompts are drawn uniformly *with replacement*; a synthetic pair's label is the
 index of its prompt in the pool (its *prompt id*).

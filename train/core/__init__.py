@@ -5,7 +5,8 @@
 * :mod:`.callbacks` -- :class:`DataMonitor`, :class:`SampleGridLogger`, :class:`ThroughputMonitor`;
 * :mod:`.strategies` -- DDP / DeepSpeed ZeRO-2/3 by name, CPU (gloo) DeepSpeed for tests;
 * :mod:`.preemption` -- SLURM signal -> checkpoint at a step boundary -> requeue -> resume;
-* :mod:`.resilience` -- non-finite-loss guard, atomic checkpoints, the resume-checkpoint selector;
+* :mod:`.resilience` -- the non-finite-loss guard, fault injection and step traces for tests;
+* :mod:`.checkpoints` -- atomic checkpoint IO, validity checks, the one resume-checkpoint selector;
 * :mod:`.optim` -- the one AdamW + warm-up/cosine builder;
 * :mod:`.vlm_data` -- token-level chat examples for the VLM trainers.
 """

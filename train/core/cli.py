@@ -3,11 +3,12 @@
     synthloop fit --config configs/quickstart.yaml
     synthloop fit --config configs/quickstart.yaml --print_config
     synthloop validate --config configs/quickstart.yaml --ckpt_path runs/.../last.ckpt
-    synthloop continual --config configs/gift/toy.yaml      (continual-learning task sequences)
-    synthloop fit --config ... --resume auto                 (after a crash: continue from the newest complete checkpoint)
+    synthloop fit --config ... --resume auto   (after a crash: continue from the valid checkpoint with the
+                                               highest global step, see train.core.checkpoints)
     synthloop fit --config ... --trainer.strategy=deepspeed_stage_3 --collective_timeout=600
-    synthloop datagen unicorn --config configs/unicorn/datagen_world.yaml   (materialise synthetic data)
-    synthloop unicorn-toy                                    (the Unicorn toy recipe end to end)
+
+The other commands (``continual``, ``datagen``, the toy runners) are listed by ``synthloop --help``
+(:mod:`train.cli`); :func:`fit_stage` is how the toy runners chain ``fit`` stages in one process.
 
 Every run writes its fully resolved config (``config.yaml``) next to its logs and checkpoints.
 A config mistake (unknown key, wrong type, missing file) ends with one line naming the key.
@@ -15,9 +16,7 @@ A config mistake (unknown key, wrong type, missing file) ends with one line nami
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -49,12 +48,13 @@ class SynthloopCLI(LightningCLI):
         if resume not in (None, "auto", "never"):
             raise SystemExit(f"synthloop: error: --resume must be 'auto' or 'never', got {resume!r}")
         if resume == "auto" and self.subcommand == "fit":
-            from train.core.resilience import apply_resume_auto
+            from train.core.checkpoints import apply_resume_auto
 
             apply_resume_auto(cfg)
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
-        from train.core.resilience import default_callbacks, harden_trainer
+        from train.core.checkpoints import harden_trainer
+        from train.core.resilience import default_callbacks
         from train.core.strategies import resolve_strategy
 
         cfg = self.config.get(str(self.subcommand), self.config)

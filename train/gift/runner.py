@@ -296,7 +296,21 @@ def continual(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``synthloop continual --config configs/gift/toy.yaml [--method lwf] [--out_dir ...]``."""
-    from jsonargparse import CLI
+    """``synthloop continual --config configs/gift/toy.yaml [--method lwf] [--out_dir ...]``; a config mistake
+    (unknown key, wrong type) ends in one line: ``synthloop: config error in <config>: <key>: <what>``."""
+    from jsonargparse import CLI, ArgumentError
 
-    CLI(continual, args=argv, as_positional=False, exit_on_error=False)
+    argv = list(argv) if argv is not None else None
+    try:
+        CLI(continual, args=argv, as_positional=False, exit_on_error=False)
+    except Exception as exc:
+        # parse errors only: anything continual() itself raises propagates unchanged
+        if not (isinstance(exc, ArgumentError) or type(exc).__name__ in ("ArgumentError", "NSKeyError")):
+            raise
+        from datagen.errors import config_error_line
+
+        args = argv or []
+        configs = [a for i, a in enumerate(args) if i > 0 and args[i - 1] in ("--config", "-c")]
+        configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+        where = f" in {', '.join(configs)}" if configs else ""
+        raise SystemExit(f"synthloop: config error{where}: {config_error_line(exc)}") from None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -38,6 +39,11 @@ def _fit(config: str, overrides: list[str]) -> float:
     from train.core.cli import fit_stage
 
     return fit_stage(ROOT / config, overrides)
+
+
+def _steps(n: int) -> list[str]:
+    """A stage of ``n`` steps with the toy configs' warm-up rule (5 % of the stage, at least one step)."""
+    return [f"--trainer.max_steps={n}", f"--model.init_args.warmup_steps={max(1, math.ceil(0.05 * n))}"]
 
 
 def _variant_args(variant: str, noise_std: float) -> list[str]:
@@ -86,7 +92,7 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
         build_tiny_lm(outp / "lm_init", texts=world_corpus(), hidden=lm_hidden, layers=lm_layers, seed=seed)
         _fit("configs/unicorn/toy_text.yaml", common + [f"--model.init_args.lm_path={outp / 'lm_init'}",
                                                         f"--model.init_args.export_dir={lm_world}",
-                                                        f"--trainer.max_steps={text_steps}"])
+                                                        *_steps(text_steps)])
         timings["text"] = time.time() - t
     vqa = outp / "vqa" / "vqa.jsonl"
     if not vqa.is_file():
@@ -110,12 +116,12 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
             if not (vdir / "align" / "vlm_config.json").is_file():
                 _fit("configs/unicorn/toy_align.yaml", common + extra + [
                     f"--model.init_args.init_from={lm_world}", f"--model.init_args.export_dir={vdir / 'align'}",
-                    f"--trainer.max_steps={align_steps}", f"--trainer.logger.init_args.name={variant}-align",
+                    *_steps(align_steps), f"--trainer.logger.init_args.name={variant}-align",
                     f"--model.init_args.align_train_lm={str(align_train_lm).lower()}"])
             shutil.rmtree(vdir / "vlm", ignore_errors=True)
             _fit("configs/unicorn/toy_instruct.yaml", common + extra + [
                 f"--model.init_args.init_from={vdir / 'align'}", f"--model.init_args.export_dir={vdir / 'vlm'}",
-                f"--model.init_args.eval_jsonl={vqa}", f"--trainer.max_steps={instruct_steps}",
+                f"--model.init_args.eval_jsonl={vqa}", *_steps(instruct_steps),
                 f"--trainer.logger.init_args.name={variant}-instruct"])
             timings[variant] = time.time() - t
         r = json.loads(res_file.read_text())

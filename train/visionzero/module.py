@@ -48,7 +48,6 @@ from train.visionzero.engine import GameRecord, format_transcript, play_games
 from train.visionzero.phase import PhaseController
 
 log = logging.getLogger(__name__)
-SECTIONS = {"generation": GenerationConfig, "loss": LossConfig, "rewards": RewardConfig, "phase": PhaseConfig}
 
 
 def setups_from_batch(batch: dict[str, Any]) -> list[GameSetup]:
@@ -119,8 +118,9 @@ class VisionZeroSelfPlay(pl.LightningModule):
         phase: the Iterative-SPO phase controller (:class:`~train.visionzero.config.PhaseConfig`;
             ``mode: alternate`` = released code).
         lr, weight_decay: AdamW (:func:`train.core.optim.build_optimizer`).
-        warmup_steps: linear warm-up in optimizer steps, then cosine to 0 at ``total_steps`` (the spec's
-            10 % warm-up: a tenth of ``trainer.max_steps``).
+        warmup_steps: linear warm-up in optimizer steps, then cosine to 0 at ``total_steps``. Default 0
+            (none); the spec's 10 % warm-up is a tenth of ``trainer.max_steps`` (the shipped configs: 16 of
+            160 toy steps, 10 of 100 Qwen2.5-VL iterations).
         total_steps: schedule length (default ``trainer.max_steps``).
         lora: ``{"r", "alpha", "dropout", "target_modules"}`` to train LoRA adapters (π_ref = adapters off).
         train_projector: also train the EmbeddingVLM projector (default: yes without LoRA, no with it,
