@@ -9,3 +9,28 @@
 
 ``train`` imports ``datagen`` and ``models``; neither imports ``train`` (``tests/test_layering.py``).
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports ``name`` from its submodule (``exports[name]``) on first use.
+
+    The recipe packages list their public classes this way, so ``import train.gift`` (and ``synthloop
+    <command> --help``) stays free of torch and Lightning until a class is actually used, while configs
+    still name classes by their short path (``train.gift.GIFTTask``).
+    """
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        import sys
+        from importlib import import_module
+
+        value = getattr(import_module(exports[name], package), name)
+        setattr(sys.modules[package], name, value)  # cached: the next lookup is a plain attribute
+        return value
+
+    return __getattr__

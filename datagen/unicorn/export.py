@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from datagen.shards.codec import MANIFEST_NAME
-from datagen.shards.export import RUN_FILE, diff_json
+from datagen.shards.export import PREFIX, RUN_FILE, check_resumable
 from datagen.shards.reader import CorruptShardError, _scan_tar
 from datagen.shards.writer import _existing_shards, write_shards
 from datagen.stream import GeneratorStream, SampleGenerator, global_index, sample_rng, strip_bookkeeping
@@ -53,7 +53,6 @@ from .stage3 import Stage3, TextEmbedder
 log = logging.getLogger(__name__)
 
 DROPS_FILE = "drops.jsonl"  # one line per dropped sample: {"i": index, "drop": reason, "rejects": {...}}
-PREFIX = "shard"
 
 __all__ = ["DROPS_FILE", "PREFIX", "RUN_FILE", "ConcurrentGeneratorStream", "RejectLog", "Stage3", "TextEmbedder",
            "export_unicorn", "format_summary", "run_identity"]
@@ -254,16 +253,7 @@ def export_unicorn(generator: SampleGenerator, out: str | os.PathLike, n: int, *
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
     if resume and existing:
-        if not os.path.exists(run_path):
-            raise RuntimeError(f"cannot resume in {out}: it holds shards but no {RUN_FILE} (not written by "
-                               f"synthloop datagen); use --overwrite or another --out")
-        with open(run_path, encoding="utf-8") as f:
-            before = json.load(f)
-        diff = diff_json(before, ident)
-        if diff:
-            raise RuntimeError(f"cannot resume in {out}: the earlier export was made with other settings "
-                               f"(different: {', '.join(diff)}; see {RUN_FILE}); use the same config, --overwrite, "
-                               f"or another --out")
+        check_resumable(out, ident, PREFIX)  # one line naming each differing field
     atomic_write_json(run_path, ident)
 
     field = stage3.field if stage3 is not None else None

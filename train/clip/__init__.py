@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from train import lazy_exports
+
 #: Images per batch of every zero-shot evaluation of a CLIP (``CLIPPretrain``'s validation, the continual
 #: runner's evaluation after each task; ``eval_batch_size`` in their configs). Inference only: it sets
 #: memory use, not what is measured. Defined here, without torch, so CLI signatures can use it.
@@ -21,13 +23,4 @@ _EXPORTS = {
     "zero_shot_accuracy": ".zeroshot",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy: importing the package (e.g. for ``synthloop <cmd> --help``) does not import torch or Lightning.
-    if name in _EXPORTS:
-        from importlib import import_module
-
-        value = globals()[name] = getattr(import_module(_EXPORTS[name], __name__), name)
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from train import lazy_exports
+
 _EXPORTS = {
     "DataMonitor": ".callbacks",
     "SampleGridLogger": ".callbacks",
@@ -22,13 +24,4 @@ _EXPORTS = {
     "PreemptionCheckpoint": ".preemption",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy: importing the package (e.g. for ``synthloop <cmd> --help``) does not import torch or Lightning.
-    if name in _EXPORTS:
-        from importlib import import_module
-
-        value = globals()[name] = getattr(import_module(_EXPORTS[name], __name__), name)
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

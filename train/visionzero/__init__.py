@@ -5,13 +5,16 @@
 * :mod:`.config` -- the typed YAML sections of the self-play module (generation, loss, rewards, phase);
 * :mod:`.advantage` -- group normalisation and Role Advantage Estimation;
 * :mod:`.phase` -- the Iterative-SPO phase controller;
-* :mod:`.module` -- :class:`VisionZeroSelfPlay`: rollouts, advantages, the loss, the phase switch;
+* :mod:`.loss` -- the policy-gradient loss (k3 KL) and the named cross-rank metric sum;
+* :mod:`.module` -- :class:`VisionZeroSelfPlay`: rollouts, advantages, the optimisation step, the phase switch;
 * :mod:`.sft` -- :class:`VisionZeroSFT`: the toy recipe's supervised base policy;
 * :mod:`.evaluate` -- ``synthloop visionzero-eval``: held-out games, tables against the base, phase plot;
 * :mod:`.toy` -- ``synthloop visionzero-toy``: SFT -> self-play -> evaluation.
 """
 
 from __future__ import annotations
+
+from train import lazy_exports
 
 _EXPORTS = {
     "VisionZeroSelfPlay": ".module",
@@ -22,13 +25,4 @@ _EXPORTS = {
     "VisionZeroSFT": ".sft",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy: importing the package (e.g. for ``synthloop <cmd> --help``) does not import torch or Lightning.
-    if name in _EXPORTS:
-        from importlib import import_module
-
-        value = globals()[name] = getattr(import_module(_EXPORTS[name], __name__), name)
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
