@@ -269,7 +269,7 @@ def world_main(argv: list[str]) -> dict[str, Any] | None:
     dumped = parser.dump(cfg)
     name = f"{type(generator).__module__}.{type(generator).__qualname__}"
     if cfg.dry_run:
-        from datagen.stream import sample_rng
+        from datagen.generator import sample_rng
 
         sample = generator.generate(sample_rng(cfg.seed, 0), 0)
         print(dumped)

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from datagen.generator import Sample, SampleGenerator, sample_rng  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
 
-Sample = dict[str, Any]
 
 BOOKKEEPING_KEYS = ("__slot__", "__pos__", "__produced__", "__dropped__")
 
@@ -37,28 +38,6 @@ BOOKKEEPING_KEYS = ("__slot__", "__pos__", "__produced__", "__dropped__")
 #: slot stops with ``RuntimeError``: a broken source, not bad luck. Single failures are dropped and counted.
 #: Configs set it as ``data.init_args.max_consecutive_failures`` (:class:`train.core.datamodule.OnlineDataModule`).
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 1000
-
-
-class SampleGenerator:
-    """Base class of sample generators (what the online stream needs from one).
-
-    ``generate`` must be a pure function of ``(rng, index)``: same inputs, same sample. It may raise
-    or return a sample that ``validate`` rejects; the stream drops such samples and counts them.
-    Subclassing is what lets configs name a generator by ``class_path``; the stream itself only
-    calls ``generate`` and ``validate``, so any object with those methods works from Python.
-    """
-
-    def generate(self, rng: np.random.Generator, index: int) -> Sample:
-        raise NotImplementedError
-
-    def validate(self, sample: Sample) -> str | None:
-        """Reason to reject ``sample``, or None when it is fine."""
-        return None
-
-
-def sample_rng(seed: int, index: int) -> np.random.Generator:
-    """The random generator of global sample ``index`` under ``seed`` (independent streams via SeedSequence)."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
 
 
 def global_index(slot: int, n_slots: int, position: int) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from datagen.stream import SampleGenerator
+from datagen.generator import SampleGenerator
 
 SPLITS = ("train", "test")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from datagen.stream import SampleGenerator
+from datagen.generator import SampleGenerator
 
 
 class ReplayCycle:

@@ -12,7 +12,6 @@ Backends other than the world writer import their heavy dependencies lazily.
 from .base import Messages, PromptTemplate, TextBackend, load_prompt
 from .http_backend import OpenAIHTTPBackend
 from .tiny import build_tiny_chat_model
-from .transformers_backend import TransformersBackend
 from .world_writer import (PROMPT_DIR, WorldWriter, instruction_items, scene_for_seed,
                            scene_from_dense_caption)
 
@@ -21,3 +20,12 @@ __all__ = [
     "WorldWriter", "build_tiny_chat_model", "instruction_items", "load_prompt", "scene_for_seed",
     "scene_from_dense_caption",
 ]
+
+
+def __getattr__(name: str):
+    # needs torch: loaded on first use so that command help and the world writer stay torch-free
+    if name == "TransformersBackend":
+        from .transformers_backend import TransformersBackend
+
+        return TransformersBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

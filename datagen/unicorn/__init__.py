@@ -12,8 +12,18 @@ Text generation backends (LLM, HTTP server, the scene world's own writer) live i
 
 from .parsing import (Dedup, PayloadError, clean_caption, is_refusal, normalise_text, parse_instructions,
                       parse_json_payload, seed_objects, validate_caption)
-from .transfer import (MODES, StreamingMean, center_image_embeddings, gap_diagnostics, modality_transfer,
-                       realign_scale, realign_steps)
+
+_TRANSFER = ("MODES", "StreamingMean", "center_image_embeddings", "gap_diagnostics", "modality_transfer",
+             "realign_scale", "realign_steps")
+
+
+def __getattr__(name: str):
+    # stage 3 needs torch; loaded on first use so that `synthloop datagen unicorn --help` stays fast
+    if name in _TRANSFER:
+        from . import transfer
+
+        return getattr(transfer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "MODES", "Dedup", "PayloadError", "StreamingMean", "center_image_embeddings", "clean_caption",

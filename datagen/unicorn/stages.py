@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from datagen.stream import SampleGenerator
+from datagen.generator import SampleGenerator
 from datagen.text.base import PromptTemplate, TextBackend, load_prompt
 from datagen.text.world_writer import PROMPT_DIR, WorldWriter
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from datagen.stream import SampleGenerator
+from datagen.generator import SampleGenerator
 
 from .pairs import PairSource, WorldPairs
 

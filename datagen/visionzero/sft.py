@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagen.stream import SampleGenerator
+from datagen.generator import SampleGenerator
 from datagen.world import count_phrase, object_phrase, qa_pairs, render_scene, sample_scene
 from datagen.world.scene import COLORS, SHAPES
 
@@ -157,7 +157,7 @@ class GameSFTSamples(SampleGenerator):
 
     def corpus(self, n: int = 400, seed: int = 0) -> list[str]:
         """Prompt + target texts of ``n`` samples (to build a tokenizer that covers every game word)."""
-        from datagen.stream import sample_rng
+        from datagen.generator import sample_rng
 
         out = []
         for i in range(n):

@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 from PIL import Image
 
-from datagen.stream import SampleGenerator
+from datagen.generator import SampleGenerator
 
 from .edits import EDIT_KINDS, make_pair
 from .language import dense_caption, qa_pairs, seed_caption
