@@ -275,7 +275,7 @@ trainer:
   logger: false
   default_root_dir: {root}
 model:
-  class_path: train.visionzero.module.VisionZeroSelfPlay
+  class_path: train.visionzero.VisionZeroSelfPlay
   init_args:
     policy_path: {policy}
     prompts_path: {prompts}
@@ -285,7 +285,7 @@ model:
     log_transcripts_every: 0
     game_log: {root}/games.jsonl
 data:
-  class_path: train.core.datamodule.OnlineDataModule
+  class_path: train.core.OnlineDataModule
   init_args:
     generator:
       class_path: datagen.visionzero.GameSetups

@@ -281,14 +281,18 @@ def latest_checkpoint(*dirs: str | os.PathLike) -> tuple[Path, int] | None:
         if not root.is_dir():
             continue
         for p in _candidates(root):
-            problem = checkpoint_problem(p)
+            try:
+                problem = checkpoint_problem(p)
+                step = None if problem is not None else checkpoint_step(p)
+                mtime = p.stat().st_mtime_ns
+            except FileNotFoundError:  # removed while we looked (a live run's top-k rotation)
+                continue
             if problem is not None:
                 log.warning("skipping checkpoint %s: %s", p, problem)
                 continue
-            step = checkpoint_step(p)
             if step is None:
                 continue
-            key = (step, p.stat().st_mtime_ns, p)
+            key = (step, mtime, p)
             if best is None or key[:2] > best[:2]:
                 best = key
     return None if best is None else (best[2], best[0])

@@ -1,7 +1,7 @@
 """The Unicorn toy recipe end to end, on the scene world and 2 CPU cores::
 
-    python -m train.unicorn.toy                      # or: synthloop unicorn-toy
-    python -m train.unicorn.toy --variants mean_shift raw --instruct-steps 200
+    synthloop unicorn-toy                                # (also: python -m train.unicorn.toy)
+    synthloop unicorn-toy --variants mean_shift raw --instruct-steps 200
 
 1. the tiny CLIP (``runs/quickstart/clip_final.pt``; trained with ``configs/quickstart.yaml`` when missing)
    and its modality-gap diagnostics on paired world data;
