@@ -18,6 +18,8 @@ import os
 import sys
 from importlib import import_module
 
+from models.errors import DEBUG_ENV, USER_ERROR_EXIT, UserError
+
 # name -> (module:function, one-line description). Functions take argv (without the subcommand).
 COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("train.core.cli:lightning_main", "train a recipe from a YAML config (LightningCLI; --resume auto)"),
@@ -46,6 +48,20 @@ def _setup_logging() -> None:
         logging.getLogger(name).setLevel(os.environ.get("SYNTHLOOP_LOG", "INFO"))
 
 
+def _user_error_line(exc: BaseException) -> str | None:
+    """The one line to print for a user mistake, or None for anything else (which keeps its traceback).
+
+    User mistakes are :class:`models.errors.UserError` and ``SystemExit("message")`` (the project's
+    parsers refuse bad values that way); ``SystemExit(int)`` keeps its code untouched.
+    """
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, str) else None
+    if isinstance(exc, UserError):
+        msg = " ".join(str(exc).split())
+        return msg if msg.startswith("synthloop") else f"synthloop: error: {msg}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``synthloop`` console command."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -65,13 +81,20 @@ def main(argv: list[str] | None = None) -> None:
 
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SystemExit(f"synthloop: error: unknown command {name!r}{hint}; `synthloop --help` lists them")
+        print(f"synthloop: error: unknown command {name!r}{hint}; `synthloop --help` lists them", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT)
     # subcommand parsers then show `usage: synthloop <command> ...`
     sys.argv = [f"synthloop {name}" if name not in LIGHTNING else "synthloop", *rest]
     _setup_logging()
     module, func = target.split(":")
     try:
         import_module(module).__dict__[func](rest)
+    except BaseException as exc:  # noqa: BLE001 - user mistakes become one line and exit 2
+        line = _user_error_line(exc)
+        if line is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(line, file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT) from None
     finally:
         if "torch.distributed" in sys.modules:  # under torchrun: leave no process group behind
             import torch.distributed as dist

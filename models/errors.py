@@ -1,0 +1,35 @@
+"""The one exception type for mistakes a user can fix (a config value, a missing or damaged file, an
+environment variable). The ``synthloop`` command prints it as ONE line naming the file, key or variable
+and what to do, and exits with :data:`USER_ERROR_EXIT` (2); ``SYNTHLOOP_DEBUG=1`` shows the traceback.
+
+It lives in ``models/`` (the lowest layer) so that every layer can raise it.
+"""
+
+from __future__ import annotations
+
+#: Exit code of a run refused because of a user mistake (argparse's own code for usage errors).
+USER_ERROR_EXIT = 2
+DEBUG_ENV = "SYNTHLOOP_DEBUG"
+
+
+class UserError(Exception):
+    """A mistake the user can fix; ``str(exc)`` is the whole message (one line: where, what, what to do)."""
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    """An integer environment variable, or ``default`` when unset; a bad value is a :class:`UserError`
+    naming the variable."""
+    import os
+
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UserError(f"environment variable {name}={raw!r} is not an integer; set it to an integer "
+                        f">= {minimum} or unset it (default {default})") from None
+    if value < minimum:
+        raise UserError(f"environment variable {name}={value} must be >= {minimum}; unset it for the "
+                        f"default ({default})")
+    return value
