@@ -30,7 +30,7 @@ def measure(config: str, steps: int, workers: int, root: str) -> tuple[float, fl
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/quickstart.yaml")
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])

@@ -31,7 +31,7 @@ OVERRIDABLE = ("ita_targets", "replay_base", "task_lr", "logit_scale")  # contin
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/gift/toy.yaml")
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--root", default=None, help="output root (default: the config's out_dir parent)")

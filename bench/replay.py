@@ -81,7 +81,7 @@ def compare(label: str, model: str, pool, device: str, dtype: str, size: int, n:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--n-world", type=int, default=1000, help="images for the world rows")
     ap.add_argument("--world-size-px", type=int, default=64)

@@ -117,7 +117,7 @@ def run(policy, setups, mode: str, prompts_path: str, clue_len: int, vote_len: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Vision-Zero rollout throughput: sequential (batch 1) vs batched")
+    ap = argparse.ArgumentParser(allow_abbrev=False, description="Vision-Zero rollout throughput: sequential (batch 1) vs batched")
     ap.add_argument("--gpu-3b", action="store_true", help="CUDA bf16, random LM with Qwen2.5-3B's dimensions")
     ap.add_argument("--policy", default=None, help="a saved EmbeddingVLM folder (CPU mode; default: random tiny)")
     ap.add_argument("--games", type=int, default=None, help="games in the batched run (CPU 32, GPU 64)")

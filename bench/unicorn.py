@@ -187,7 +187,7 @@ def bench_stage3(n: int, batch: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n_world", type=int, default=1500, help="samples per world-writer row (default 1500)")
     ap.add_argument("--dm_n", type=int, default=1024, help="samples per OnlineDataModule row (default 1024)")
     ap.add_argument("--dm_batch", type=int, default=64, help="OnlineDataModule batch size (default 64)")

@@ -52,7 +52,7 @@ def vote_example(gen: GameSFTSamples, i: int, seed: int, variant: str):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--policy", default="runs/visionzero_toy/base_policy")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=32)

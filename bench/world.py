@@ -43,7 +43,7 @@ def bench(size: int, n: int, caption: str, seed: int = 0) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="scenes per measurement (default 2000)")
     ap.add_argument("--size", type=int, nargs="*", default=[64, 32, 224], help="image sizes (default 64 32 224)")
     args = ap.parse_args()

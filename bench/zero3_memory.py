@@ -88,7 +88,7 @@ def run_one(model_dir: Path, strategy: str, args, out_json: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="qwen2.5-1.5b", choices=sorted(SIZES))
     p.add_argument("--strategies", nargs="+",
                    default=["ddp", "deepspeed_stage_3", "launch/deepspeed/zero3_offload.json"],

@@ -161,7 +161,7 @@ def write_hf(state: dict[str, torch.Tensor], client: dict[str, Any], out_dir: Pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", help="DeepSpeed checkpoint directory or Lightning .ckpt file")
     ap.add_argument("-o", "--out", help="output weights: .pt/.bin (torch) or .safetensors")

@@ -248,7 +248,7 @@ def _convert_into(name: str, spec: Spec, src: Path, work: Path, download: bool) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", type=Path, required=True, help="torchvision dataset root")
     parser.add_argument("--out", type=Path, required=True, help="where the converted folders go")
     parser.add_argument("--datasets", nargs="+", default=MTIL_ORDER_I, choices=sorted(SPECS),

@@ -16,6 +16,15 @@ class UserError(Exception):
     """A mistake the user can fix; ``str(exc)`` is the whole message (one line: where, what, what to do)."""
 
 
+#: Exit code of a run that a guard stopped on purpose (too many non-finite losses, a generator that keeps
+#: failing): the message says why; the checkpoints written so far are kept.
+RUN_ABORTED_EXIT = 3
+
+
+class RunAborted(RuntimeError):
+    """A run stopped on purpose by one of its guards; printed as one line (no traceback), exit 3."""
+
+
 def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     """An integer environment variable, or ``default`` when unset; a bad value is a :class:`UserError`
     naming the variable."""

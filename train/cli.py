@@ -18,7 +18,9 @@ import os
 import sys
 from importlib import import_module
 
-from models.errors import DEBUG_ENV, USER_ERROR_EXIT, UserError
+from models.errors import DEBUG_ENV, RUN_ABORTED_EXIT, USER_ERROR_EXIT, RunAborted, UserError
+
+EXIT_SIGTERM = 143  # = train.core.preemption.EXIT_SIGTERM (kept here so this module stays light)
 
 # name -> (module:function, one-line description). Functions take argv (without the subcommand).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,12 +54,21 @@ def _user_error_line(exc: BaseException) -> str | None:
     """The one line to print for a user mistake, or None for anything else (which keeps its traceback).
 
     User mistakes are :class:`models.errors.UserError` and ``SystemExit("message")`` (the project's
-    parsers refuse bad values that way); ``SystemExit(int)`` keeps its code untouched.
+    parsers refuse bad values that way); ``SystemExit(int)`` keeps its code untouched. A
+    :class:`models.errors.RunAborted` (a guard stopped the run) is one line too, with exit code 3.
     """
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, str) else None
+    if not isinstance(exc, (RunAborted, UserError)):
+        return None
+    text = str(exc)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: the message is its last line
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        text = lines[-1].split(": ", 1)[-1] if lines else text
+    msg = " ".join(text.split())
+    if isinstance(exc, RunAborted):
+        return f"synthloop: run stopped: {msg}"
     if isinstance(exc, UserError):
-        msg = " ".join(str(exc).split())
         return msg if msg.startswith("synthloop") else f"synthloop: error: {msg}"
     return None
 
@@ -90,11 +101,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import_module(module).__dict__[func](rest)
     except BaseException as exc:  # noqa: BLE001 - user mistakes become one line and exit 2
+        if type(exc).__name__ == "SIGTERMException":  # Lightning's SIGTERM stop is a SystemExit(0)
+            print("synthloop: stopped by SIGTERM (a checkpoint of the last finished step was written; resume "
+                  "with the same command and --resume auto)", file=sys.stderr)
+            raise SystemExit(EXIT_SIGTERM) from None
         line = _user_error_line(exc)
         if line is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
         print(line, file=sys.stderr)
-        raise SystemExit(USER_ERROR_EXIT) from None
+        raise SystemExit(RUN_ABORTED_EXIT if isinstance(exc, RunAborted) else USER_ERROR_EXIT) from None
     finally:
         if "torch.distributed" in sys.modules:  # under torchrun: leave no process group behind
             import torch.distributed as dist

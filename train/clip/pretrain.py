@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from open_clip.loss import ClipLoss
 
 from models.clip import create_clip, save_open_clip_checkpoint, zero_shot_classifier
+from models.io import atomic_write
 from train.clip import DEFAULT_EVAL_BATCH_SIZE
 from train.core.optim import build_optimizer, no_decay_groups
 from train.core.resilience import guard_loss
@@ -59,6 +61,11 @@ class CLIPPretrain(pl.LightningModule):
         eval_seed: seed of the evaluation sets.
         eval_batch_size: images per batch of the zero-shot validation (inference only; memory, not results).
         export_path: where the final open_clip checkpoint goes (default ``<run dir>/clip_final.pt``).
+        publish_path: a stable path the final checkpoint is ALSO copied to, as the starting point of other
+            recipes (the quickstart: ``runs/quickstart/clip_final.pt``). Written only by a run that reached
+            its ``max_steps`` and whose command line did not change the config (``synthloop fit`` clears it
+            otherwise and says so; giving ``--model.init_args.publish_path`` chooses it explicitly), so a
+            short experiment never replaces the weights the toys start from.
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class CLIPPretrain(pl.LightningModule):
         eval_seed: int = 1234,
         eval_batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
         export_path: str | None = None,
+        publish_path: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -159,5 +167,16 @@ class CLIPPretrain(pl.LightningModule):
             path = self.hparams.export_path or str(Path(log_dir or ".") / "clip_final.pt")
             save_open_clip_checkpoint(self.model, path, self.hparams.model_name, step=self.global_step,
                                       zero_shot=self.last_zero_shot)
+            publish = self.hparams.publish_path
+            finished = self.trainer.max_steps is None or self.trainer.max_steps < 0 or \
+                self.global_step >= self.trainer.max_steps
+            if publish and finished:
+                atomic_write(publish, lambda tmp: shutil.copyfile(path, tmp))
         log.info("wrote open_clip checkpoint %s", path)
         self.print(f"open_clip checkpoint: {path}")
+        if publish and finished:
+            log.info("published it as %s", publish)
+            self.print(f"published as: {publish}")
+        elif publish:
+            log.warning("not published to %s: the run stopped at step %d of %d", publish, self.global_step,
+                        self.trainer.max_steps)

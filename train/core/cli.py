@@ -27,6 +27,14 @@ from datagen.errors import config_error_line
 from train.core.datamodule import OnlineDataModule
 
 
+#: Command-line options that choose where or how a run executes, not what it computes: a run given only
+#: these still counts as "the config as shipped" (it may write the config's ``publish_path``).
+NEUTRAL_FLAGS = ("--config", "--resume", "--run_name", "--collective_timeout", "--ckpt_path", "--trainer.accelerator",
+                 "--trainer.devices", "--trainer.num_nodes", "--trainer.strategy", "--trainer.default_root_dir",
+                 "--trainer.logger.init_args.save_dir", "--trainer.callbacks", "--trainer.enable_progress_bar",
+                 "--print_config")
+
+
 class SynthloopCLI(LightningCLI):
     """LightningCLI with synthloop's defaults: the run directory holds config, logs and checkpoints."""
 
@@ -42,8 +50,32 @@ class SynthloopCLI(LightningCLI):
                             help="seconds a rank waits in a collective for a dead or stuck peer before failing "
                                  "(default: $SYNTHLOOP_COLLECTIVE_TIMEOUT_S, else torch's 30 min)")
 
+    def parse_arguments(self, parser, args) -> None:
+        self.argv = list(args) if isinstance(args, (list, tuple)) else []
+        super().parse_arguments(parser, args)
+
+    def _guard_publish_path(self, cfg) -> None:
+        """A run whose command line changes the config does not write the config's ``publish_path`` (the
+        stable file other recipes start from) unless it names ``publish_path`` itself."""
+        args = cfg.get("model", {}).get("init_args", None) if hasattr(cfg.get("model", None), "get") else None
+        if args is None or not args.get("publish_path"):
+            return
+        flags = [a.split("=", 1)[0] for a in getattr(self, "argv", []) if a.startswith("--")]
+        if any(f.endswith(".publish_path") for f in flags):
+            return
+        changed = [f for f in flags if not f.startswith(NEUTRAL_FLAGS)]
+        if changed:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "this run changes the config on the command line (%s): it will not publish %s (its export stays "
+                "in its run directory; --model.init_args.publish_path=%s publishes anyway)",
+                ", ".join(changed), args["publish_path"], args["publish_path"])
+            args["publish_path"] = None
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(str(self.subcommand), self.config)
+        self._guard_publish_path(cfg)
         resume = cfg.get("resume")
         if resume not in (None, "auto", "never"):
             raise SystemExit(f"synthloop: error: --resume must be 'auto' or 'never', got {resume!r}")
@@ -51,6 +83,30 @@ class SynthloopCLI(LightningCLI):
             from train.core.checkpoints import apply_resume_auto
 
             apply_resume_auto(cfg)
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path`` goes through the same checker as ``--resume auto`` (a folder: the resume rule
+        picks), and the checkpoint's stored hyperparameters are NOT merged into the config: the config
+        and the command line decide (Lightning's default lets the checkpoint silently override them)."""
+        sub = self.config.get("subcommand")
+        cfg = self.config.get(sub) if sub else None
+        if cfg is not None and cfg.get("ckpt_path"):
+            from train.core.checkpoints import resolve_ckpt_path
+
+            cfg["ckpt_path"] = resolve_ckpt_path(cfg["ckpt_path"])
+
+    def _check_resume(self) -> None:
+        ckpt = self.config.get(str(self.subcommand), self.config).get("ckpt_path")
+        if ckpt and self.model is not None:
+            from train.core.checkpoints import check_resume_compatible
+
+            check_resume_compatible(self.model, ckpt)
+
+    def before_fit(self) -> None:
+        self._check_resume()
+
+    def before_validate(self) -> None:
+        self._check_resume()
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
         from train.core.checkpoints import harden_trainer
@@ -76,14 +132,25 @@ def _check_config_files(argv: list[str]) -> None:
 
 
 def run_cli(argv: list[str] | None = None, **kwargs) -> SynthloopCLI:
-    """Run LightningCLI on ``argv`` (a test calls this directly with ``run=False``)."""
+    """Run LightningCLI on ``argv`` (a test calls this directly with ``run=False``).
+
+    ``sys.argv`` is reduced to the program name meanwhile: LightningCLI warns whenever both ``args`` and
+    command-line arguments are present, even when they are the same list."""
+    saved, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return _construct_cli(saved[1:] if argv is None else list(argv), **kwargs)
+    finally:
+        sys.argv = saved
+
+
+def _construct_cli(argv: list[str] | None, **kwargs) -> SynthloopCLI:
     return SynthloopCLI(
         pl.LightningModule,
         OnlineDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False},
+        parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # --trainer.max_step is not max_steps
         args=argv,
         **kwargs,
     )
@@ -116,7 +183,6 @@ def fit_stage(config: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 def lightning_main(argv: list[str]) -> None:
     """``synthloop fit|validate|test|predict ...``: LightningCLI, a config mistake ends in one line."""
     argv = list(argv)
-    sys.argv = sys.argv[:1] + argv  # LightningCLI warns when args and sys.argv disagree
     _check_config_files(argv)
     try:
         run_cli(argv)

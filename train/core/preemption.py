@@ -92,6 +92,10 @@ class PreemptionCheckpoint(pl.Callback):
         # handler of the requeue signal alone, so its own (unsafe) SLURM handler is never installed.
         if stage != "fit" or self._installed or threading.current_thread() is not threading.main_thread():
             return
+        if trainer.is_global_zero:  # a pre-emption checkpoint whose write was killed: never resumed from
+            from models.io import remove_orphans
+
+            remove_orphans(self.dirpath or trainer.default_root_dir)
         self._previous = signal.signal(self.signum, self._on_signal)
         self._installed = True
 
@@ -174,6 +178,43 @@ class PreemptionCheckpoint(pl.Callback):
                      "requeue=False" if not self.requeue else "not a SLURM job", path)
         requeued = bool(trainer.strategy.broadcast(requeued, src=0))
         raise Preempted(0 if requeued else EXIT_NOT_REQUEUED)
+
+
+#: Exit code of a run stopped by SIGTERM (128 + 15, what a shell reports for a process the signal killed):
+#: a checkpoint of the last finished step was written; ``--resume auto`` (or the SLURM requeue) continues.
+EXIT_SIGTERM = 143
+
+
+class SignalCheckpoint(pl.Callback):
+    """SIGTERM mid-run: checkpoint the last finished step, then exit with :data:`EXIT_SIGTERM`, never 0.
+
+    Lightning catches SIGTERM itself: every rank stops at the next step boundary and raises
+    ``SIGTERMException`` (a ``SystemExit`` with code 0, so a job chain would read an unfinished run as a
+    success, with no checkpoint of the steps since the last periodic one). This callback, which every
+    ``synthloop`` run gets (:func:`train.core.resilience.default_callbacks`), writes
+    ``<checkpoint dir>/sigterm-step<N>.ckpt`` on all ranks together (atomically, like every checkpoint;
+    the resume rule picks it when it is the furthest along) and the ``synthloop`` command exits 143.
+    """
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException) or isinstance(exception, Preempted):
+            return
+        if trainer.state.fn != "fit" or trainer.global_step == 0:
+            return
+        cb = trainer.checkpoint_callback
+        dirpath = Path(getattr(cb, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints")
+        path = dirpath / f"sigterm-step{trainer.global_step}.ckpt"
+        if trainer.is_global_zero:
+            dirpath.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        trainer.save_checkpoint(partial)  # collective; ends with a barrier
+        if trainer.is_global_zero:
+            commit(partial, path)
+            log.warning("SIGTERM: saved %s at step %d; exiting with %d (resume: the same command with "
+                        "--resume auto)", path, trainer.global_step, EXIT_SIGTERM)
+        trainer.strategy.barrier("sigterm-checkpoint")
 
 
 def _slurm_job_id() -> str | None:

@@ -256,12 +256,17 @@ def read_trace(path: str | os.PathLike) -> dict[tuple[str, int], float | None]:
 
 # -- applying it all ------------------------------------------------------------------------------
 def default_callbacks(existing: list[pl.Callback] | None = None) -> list[pl.Callback]:
-    """Callbacks every synthloop run gets unless already configured: :class:`NonFiniteGuard`, plus
+    """Callbacks every synthloop run gets unless already configured: :class:`NonFiniteGuard`,
+    :class:`train.core.preemption.SignalCheckpoint` (SIGTERM: checkpoint, exit 143), plus
     :class:`FaultInjection` / :class:`StepTrace` when their environment variables are set."""
     existing = list(existing or [])
     out: list[pl.Callback] = []
     if not any(isinstance(cb, NonFiniteGuard) for cb in existing):
         out.append(NonFiniteGuard())
+    from train.core.preemption import SignalCheckpoint
+
+    if not any(isinstance(cb, SignalCheckpoint) for cb in existing):
+        out.append(SignalCheckpoint())
     fault = FaultInjection.from_env()
     if fault is not None and not any(isinstance(cb, FaultInjection) for cb in existing):
         out.append(fault)

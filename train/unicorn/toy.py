@@ -175,7 +175,7 @@ def results_table(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="synthloop unicorn-toy", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="synthloop unicorn-toy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/unicorn-toy")
     p.add_argument("--clip", default="runs/quickstart/clip_final.pt")

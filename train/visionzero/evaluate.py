@@ -225,7 +225,7 @@ def plot_phases(history: list[dict], path: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="synthloop visionzero-eval", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog="synthloop visionzero-eval", description=__doc__.split("\n")[0])
     ap.add_argument("--base", default="runs/visionzero_toy/base_policy")
     ap.add_argument("--trained", default="runs/visionzero_toy/selfplay_policy")
     ap.add_argument("--config", default="configs/visionzero/toy_selfplay.yaml")

@@ -84,7 +84,7 @@ def _stage(title: str, log: Path, fn: Callable[[], object]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="synthloop visionzero-toy", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog="synthloop visionzero-toy", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/visionzero_toy")
     ap.add_argument("--reuse-base", action="store_true", help="skip the SFT stage when the base policy exists")
     ap.add_argument("--sft-config", default="configs/visionzero/toy_sft.yaml")
