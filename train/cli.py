@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from importlib import import_module
 
@@ -44,10 +45,45 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+#: Library messages every synthloop run would print although nothing is wrong in our use (the reason for
+#: each is beside it). They are dropped here, once, for every command; everything else is left alone.
+EXPECTED_NOISE = (
+    # open_clip, for every model built without a checkpoint: the tests and toys build random ones on purpose,
+    # and a real run names its checkpoint (a missing one is an error, never a silent random init)
+    "No pretrained weights loaded for model",
+    # Lightning on any machine where `srun` exists: synthloop's SLURM template runs srun itself
+    "The `srun` command is available on your system but is not used",
+    # Lightning's advertisement for a hosted logger / checkpoint store
+    "💡 Tip: For seamless",
+    # a torch-internal deprecation that Lightning 2.6 triggers (no effect on results)
+    "`isinstance(treespec, LeafSpec)` is deprecated",
+    # Lightning counts every module in eval mode, including frozen teachers and CLIP towers kept in eval
+    # on purpose; train.core.quiet.TrainModeCheck warns instead about eval-mode modules that train
+    "module(s) in eval mode at the start of training",
+    # Lightning, because synthloop installs its own one-line summary (train.core.quiet.CompactModelSummary)
+    "Trainer already configured with model summary callbacks",
+    # Lightning when it reads a checkpoint it wrote itself; ours are loaded with weights_only=True
+    "`weights_only` was not set, defaulting to `False`",
+)
+
+
+class _DropExpected(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not any(text in msg for text in EXPECTED_NOISE)
+
+
 def _setup_logging() -> None:
+    import warnings
+
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("train", "datagen", "models"):  # our own progress at INFO; libraries stay quiet
         logging.getLogger(name).setLevel(os.environ.get("SYNTHLOOP_LOG", "INFO"))
+    drop = _DropExpected()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(drop)
+    for text in EXPECTED_NOISE:
+        warnings.filterwarnings("ignore", message=".*" + re.escape(text))
 
 
 def _user_error_line(exc: BaseException) -> str | None:

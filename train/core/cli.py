@@ -110,6 +110,8 @@ class SynthloopCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
         from train.core.checkpoints import harden_trainer
+        from train.core.progress import progress_callbacks
+        from train.core.quiet import hygiene_callbacks
         from train.core.resilience import default_callbacks
         from train.core.strategies import resolve_strategy
 
@@ -117,7 +119,10 @@ class SynthloopCLI(LightningCLI):
         config["strategy"] = resolve_strategy(config.get("strategy", "auto"), config.get("accelerator", "auto"),
                                               cfg.get("collective_timeout"))
         callbacks = list(callbacks) + default_callbacks(list(config.get("callbacks") or []) + list(callbacks))
-        return harden_trainer(super()._instantiate_trainer(config, callbacks))
+        configured = list(config.get("callbacks") or []) + callbacks
+        extra, config["enable_progress_bar"] = progress_callbacks(configured, config.get("enable_progress_bar"))
+        hygiene, config["enable_model_summary"] = hygiene_callbacks(configured, config.get("enable_model_summary"))
+        return harden_trainer(super()._instantiate_trainer(config, callbacks + extra + hygiene))
 
 
 def _check_config_files(argv: list[str]) -> None:
