@@ -15,9 +15,10 @@ import pytorch_lightning as pl
 import torch
 from conftest import CountingGenerator
 
-from train.core.checkpoints import (AtomicCheckpointIO, AtomicModelCheckpoint, apply_resume_auto, checkpoint_problem,
-                                    commit, find_resume_checkpoint, harden_trainer, latest_checkpoint, partial_path)
+from train.core.checkpoints import (AtomicCheckpointIO, AtomicModelCheckpoint, checkpoint_problem, commit,
+                                    find_resume_checkpoint, harden_trainer, latest_checkpoint, partial_path)
 from train.core.datamodule import OnlineDataModule
+from train.core.resume import apply_resume_auto
 from train.core.resilience import (DEFAULT_MAX_NONFINITE, MAX_NONFINITE_ENV, FaultInjection, NonFiniteGuard,
                                    NonFiniteLossError, guard_loss)
 

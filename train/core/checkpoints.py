@@ -10,7 +10,7 @@
   ``torch.save`` is complete; a DeepSpeed directory has its ``latest`` tag and intact shards), the CRC-32
   of every archive member (a file with flipped bytes is damaged, never loaded), and the checkpoint's
   ``global_step`` (read with ``mmap``, so tensors are not loaded). Every load goes through it: ``--resume
-  auto``, ``--ckpt_path`` (:func:`resolve_ckpt_path`), the continual runner, ``launch/consolidate.py``.
+  auto``, ``--ckpt_path`` (:func:`train.core.resume.resolve_ckpt_path`), the continual runner, ``launch/consolidate.py``.
 * **The resume rule** (:func:`latest_checkpoint`, :func:`find_resume_checkpoint`), used by ``synthloop fit
   --resume auto`` (:func:`apply_resume_auto`), ``synthloop continual`` (each task's ``checkpoints/``) and the
   SLURM requeue (``python -m train.core.preemption latest RUN_DIR``, called by ``launch/slurm.sbatch``):
@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,6 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from models.errors import UserError
 from models.io import atomic_write, fsync_dir, remove_orphans, torch_file_problem
 
 log = logging.getLogger(__name__)
@@ -122,7 +120,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return torch.load(path, map_location=map_location or "cpu",
                               weights_only=True if weights_only is None else weights_only)
         except Exception as exc:
-            raise RuntimeError(f"synthloop: cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+            import pickle
+            import re
+
+            from models.errors import UserError
+
+            class CheckpointLoadError(UserError, RuntimeError):
+                """One line naming the file (a UserError); a RuntimeError as before for callers catching that."""
+
+            if isinstance(exc, pickle.UnpicklingError):  # weights_only=True refused a pickled object
+                found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+                what = f" ({found.group(1)})" if found else ""
+                raise CheckpointLoadError(
+                    f"synthloop: cannot load checkpoint {path}: refusing to load it, it pickles objects outside the "
+                    f"allowlist{what} (Weights only load failed); only load checkpoints you trust") from exc
+            msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise CheckpointLoadError(f"synthloop: cannot load checkpoint {path}: {msg}; it is not a readable "
+                                      f"Lightning checkpoint: resume from another one") from exc
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
@@ -314,142 +328,3 @@ def find_resume_checkpoint(*dirs: str | os.PathLike) -> str | None:
     """:func:`latest_checkpoint`'s path as a string (what ``Trainer.fit(ckpt_path=...)`` takes), or None."""
     found = latest_checkpoint(*dirs)
     return None if found is None else str(found[0])
-
-
-# -- --ckpt_path: the same checker, and the config (not the checkpoint) decides the hyperparameters ----
-LIGHTNING_SPECIAL_CKPT = ("last", "best", "hpc")  # names Lightning itself resolves
-
-
-def resolve_ckpt_path(ckpt_path: str | os.PathLike) -> str:
-    """What ``--ckpt_path`` names, checked like every resume: a checkpoint file or DeepSpeed directory
-    (refused with one line when missing, torn or damaged), or a folder of checkpoints, where the resume
-    rule picks (:func:`latest_checkpoint`). Lightning's own names (``last``, ``best``, ``hpc``,
-    ``registry:...``) pass through."""
-    text = os.fspath(ckpt_path)
-    if text in LIGHTNING_SPECIAL_CKPT or text.startswith("registry"):
-        return text
-    p = Path(text)
-    if not p.exists():
-        raise UserError(f"--ckpt_path {text}: no such file or directory; give a checkpoint, a folder of "
-                        "checkpoints, or use --resume auto")
-    if p.is_dir() and not (p / "latest").is_file():  # a folder of checkpoints, not one DeepSpeed checkpoint
-        found = latest_checkpoint(p)
-        if found is None:
-            raise UserError(f"--ckpt_path {text}: no complete, intact checkpoint in this folder")
-        log.info("--ckpt_path %s: resuming from %s (step %d)", text, found[0], found[1])
-        return str(found[0])
-    problem = checkpoint_problem(p)
-    if problem is not None:
-        raise UserError(f"--ckpt_path {text}: {problem}; resume from another checkpoint (--ckpt_path FOLDER "
-                        "or --resume auto picks the newest intact one)")
-    return text
-
-
-def check_resume_compatible(module: torch.nn.Module, ckpt_path: str | os.PathLike) -> None:
-    """Refuse (one line) a checkpoint whose weights do not fit ``module``'s shapes; log which of the
-    config's hyperparameters differ from the ones stored in the checkpoint (the config's are used).
-
-    Only for single-file checkpoints of a module whose parameters already exist (a model built in
-    ``configure_model`` or a DeepSpeed directory is checked by Lightning's strict load itself).
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        return
-    ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    if not ours:
-        return
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - the loader names the file when it fails for real
-        log.debug("shape check skipped for %s: %s", path, exc)
-        return
-    theirs = {k: tuple(v.shape) for k, v in (state.get("state_dict") or {}).items() if hasattr(v, "shape")}
-    bad = [k for k in ours if k in theirs and ours[k] != theirs[k]]
-    if bad:
-        k = bad[0]
-        raise UserError(f"--ckpt_path {path}: the checkpoint was trained with a different model shape ({len(bad)} "
-                        f"tensors differ, e.g. {k}: checkpoint {list(theirs[k])} vs config {list(ours[k])}); resume "
-                        "with the config it was trained with (config.yaml in its run directory) or start a new run")
-    missing = [k for k in ours if k not in theirs]
-    unexpected = [k for k in theirs if k not in ours]
-    if theirs and getattr(module, "strict_loading", True) and (missing or unexpected):
-        example = f"e.g. {missing[0]} is not in the checkpoint" if missing else f"e.g. {unexpected[0]} is not in the model"
-        raise UserError(f"--ckpt_path {path}: the checkpoint does not fit the config's model ({len(missing)} tensors "
-                        f"missing, {len(unexpected)} unexpected; {example}); resume with the config it was trained "
-                        "with (config.yaml in its run directory) or start a new run")
-    stored = state.get("hyper_parameters") or {}
-    current = dict(getattr(module, "hparams", {}) or {})
-    changed = [f"{k}={current[k]!r} (checkpoint: {stored[k]!r})" for k in sorted(current)
-               if k in stored and not k.startswith("_") and _differs(current[k], stored[k])]
-    if changed:
-        log.info("resuming %s with the config's hyperparameters where they differ from the checkpoint's: %s",
-                 path.name, "; ".join(changed))
-
-
-def _differs(a: Any, b: Any) -> bool:
-    try:
-        return bool(a != b)
-    except Exception:  # noqa: BLE001 - tensors and other objects without a plain ==
-        return repr(a) != repr(b)
-
-
-def _cfg_get(ns: Any, key: str, default: Any = None) -> Any:
-    cur = ns
-    for part in key.split("."):
-        if cur is None:
-            return default
-        cur = cur.get(part, None) if hasattr(cur, "get") else getattr(cur, part, None)
-    return default if cur is None else cur
-
-
-def apply_resume_auto(cfg: Any) -> str | None:
-    """``--resume auto`` for ``synthloop fit``: point ``ckpt_path`` at the run's checkpoint to resume from.
-
-    Looks in the ``dirpath`` of configured ``ModelCheckpoint`` callbacks, else in
-    ``<logger save_dir>/<name>/version_*/checkpoints`` (newest version with a checkpoint first) or
-    ``<default_root_dir>/checkpoints``, and picks by :func:`latest_checkpoint`'s rule; when found under a
-    logger version, the logger is pinned to that version so the resumed run keeps writing into the same
-    run directory. ``cfg`` is the subcommand's (jsonargparse) config; returns the checkpoint or None (a
-    fresh run). An explicit ``ckpt_path`` wins.
-    """
-    if cfg.get("ckpt_path"):
-        return cfg.get("ckpt_path")
-    root_dir = Path(_cfg_get(cfg, "trainer.default_root_dir") or os.getcwd())
-    dirs = [d for cb in (_cfg_get(cfg, "trainer.callbacks") or [])
-            if str(_cfg_get(cb, "class_path", "")).endswith("ModelCheckpoint")
-            and (d := _cfg_get(cb, "init_args.dirpath"))]
-    if dirs:
-        found = find_resume_checkpoint(*dirs)
-        if found:
-            cfg["ckpt_path"] = found
-        return found
-    logger = _cfg_get(cfg, "trainer.logger")
-    first = logger[0] if isinstance(logger, list) and logger else logger
-    if first is False:
-        found = find_resume_checkpoint(root_dir / "checkpoints")
-    else:
-        args = _cfg_get(first, "init_args") if first is not None and first is not True else None
-        save_dir = Path(_cfg_get(args, "save_dir") or root_dir)
-        name = _cfg_get(args, "name", "lightning_logs") if args is not None else "lightning_logs"
-        base = save_dir / name if name else save_dir
-        version = _cfg_get(args, "version")
-        if version is not None:
-            vdirs = [base / (version if isinstance(version, str) else f"version_{version}")]
-        else:
-            def number(p: Path) -> int:
-                tail = p.name.split("_", 1)[-1]
-                return int(tail) if tail.isdigit() else -1
-
-            vdirs = sorted(base.glob("version_*"), key=number, reverse=True) if base.is_dir() else []
-        found = None
-        for vdir in vdirs:
-            found = find_resume_checkpoint(vdir / "checkpoints")
-            if found:
-                if version is None and args is not None:
-                    tail = vdir.name.split("_", 1)[-1]
-                    args["version"] = int(tail) if tail.isdigit() else vdir.name
-                break
-    if found:
-        cfg["ckpt_path"] = found
-        log.info("resuming from %s", found)
-    return found

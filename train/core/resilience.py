@@ -34,11 +34,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from models.errors import RunAborted, UserError, env_int
 # checkpoint writing, validity and the resume rule live in train.core.checkpoints; re-exported here
 from train.core.checkpoints import (OLD, PARTIAL, AtomicCheckpointIO, AtomicModelCheckpoint,  # noqa: F401
-                                    apply_resume_auto, checkpoint_problem, checkpoint_step, commit,
-                                    find_resume_checkpoint, harden_trainer, latest_checkpoint, partial_path,
-                                    valid_checkpoint)
+                                    checkpoint_problem, checkpoint_step, commit, find_resume_checkpoint,
+                                    harden_trainer, latest_checkpoint, partial_path, valid_checkpoint)
+from train.core.resume import apply_resume_auto  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ TRACE_ENV = "SYNTHLOOP_TRACE"
 
 
 # -- non-finite losses ----------------------------------------------------------------------------
-class NonFiniteLossError(RuntimeError):
-    """Raised after ``max_consecutive`` training steps in a row had a non-finite loss."""
+class NonFiniteLossError(RunAborted):
+    """Raised after ``max_consecutive`` training steps in a row had a non-finite loss: a
+    :class:`models.errors.RunAborted` (``synthloop`` prints its one line and exits 3; the checkpoints
+    written so far are kept)."""
 
 
 class NonFiniteGuard(pl.Callback):
@@ -65,8 +68,11 @@ class NonFiniteGuard(pl.Callback):
     """
 
     def __init__(self, max_consecutive: int | None = None) -> None:
-        if max_consecutive is None:
-            max_consecutive = int(os.environ.get(MAX_NONFINITE_ENV, DEFAULT_MAX_NONFINITE))
+        if max_consecutive is None:  # a bad value is a one-line UserError naming the variable
+            max_consecutive = env_int(MAX_NONFINITE_ENV, DEFAULT_MAX_NONFINITE, minimum=0)
+        elif isinstance(max_consecutive, bool) or not isinstance(max_consecutive, int) or max_consecutive < 0:
+            raise UserError(f"NonFiniteGuard.max_consecutive: must be an integer >= 0 (0 = never stop), got "
+                            f"{max_consecutive!r}")
         self.max_consecutive = max_consecutive
         self.total = 0
         self.consecutive = 0
@@ -92,7 +98,7 @@ class NonFiniteGuard(pl.Callback):
             module.log("train/nonfinite_steps", float(self.total), on_step=True, on_epoch=False)
         if self.max_consecutive and self.consecutive >= self.max_consecutive:
             raise NonFiniteLossError(
-                f"synthloop: stopping: {self.consecutive} consecutive training steps had a non-finite loss "
+                f"{self.consecutive} consecutive training steps had a non-finite loss "
                 f"(last value {value}, at global step {step}; {self.total} skipped in all). Lower the learning "
                 f"rate, check the data, or raise the limit ({MAX_NONFINITE_ENV} / NonFiniteGuard(max_consecutive))")
 
