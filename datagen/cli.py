@@ -163,6 +163,107 @@ def _fail(argv: list[str], key: str | None, message: str) -> SystemExit:
     return SystemExit(f"synthloop: config error{where}: {key + ': ' if key else ''}{message}")
 
 
+def _config_classes(cfg) -> list[tuple[str, str, set[str]]]:
+    """``(key path, class_path, init_args keys)`` of every class in a parsed config, outermost first."""
+    out: list[tuple[str, str, set[str]]] = []
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("class_path"), str):
+                args = node.get("init_args") if isinstance(node.get("init_args"), dict) else {}
+                out.append((path, node["class_path"], set(args)))
+                for k, v in args.items():
+                    walk(v, f"{path}.init_args.{k}")
+                return
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    try:
+        walk(cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg), "")
+    except Exception:  # noqa: BLE001 - locating is best effort
+        pass
+    return out
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it was raised from (``__cause__`` / ``__context__``), outermost first."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [e.__cause__, e.__context__]
+    return seen
+
+
+def _short(class_path: str) -> str:
+    return class_path.rsplit(".", 1)[-1]
+
+
+def _owner(err: BaseException, classes) -> tuple[str, str, set[str]] | None:
+    """The config entry whose constructor raised ``err`` (the innermost ``__init__`` frame of a config class)."""
+    found = None
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        obj = frame.f_locals.get("self") if frame.f_code.co_name == "__init__" else None
+        if obj is not None:
+            found = next((entry for entry in classes if _short(entry[1]) == type(obj).__name__), found)
+        tb = tb.tb_next
+    return found
+
+
+def locate_config_error(exc: BaseException, cfg, direct: tuple[type[BaseException], ...] = ()) -> str | None:
+    """One line ``key.path: what`` for a value a constructor refused while a parsed config's classes were built
+    (``synthloop fit`` and ``synthloop datagen``), or None when ``exc`` is no such refusal.
+
+    A refusal is a :class:`models.errors.UserError` anywhere in the exception chain (jsonargparse wraps it in
+    its union report), or one of the ``direct`` types raised by a config class's ``__init__`` itself. Its
+    message, written ``Class.arg: what; what to do`` or ``Class: arg what``, is rewritten to the argument's
+    key in the config (``data.init_args.generator.init_args.n_objects: ...``); another message is prefixed
+    with the key of the class that raised it."""
+    import re
+
+    from models.errors import UserError
+
+    chain = _chain(exc)
+    classes = _config_classes(cfg)
+    err = next((e for e in chain if isinstance(e, UserError)), None)
+    for e in chain if err is None and direct else ():
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if (isinstance(e, direct) and tb is not None and tb.tb_frame.f_code.co_name == "__init__"
+                and "jsonargparse" not in tb.tb_frame.f_code.co_filename and _owner(e, classes) is not None):
+            err = e
+            break
+    if err is None:
+        return None
+    msg = " ".join((str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)).split())
+    owner = _owner(err, classes)
+
+    def entry_of(name: str):  # the constructor that raised, else the first config class of that name
+        if owner is not None and _short(owner[1]) == name:
+            return owner
+        return next((e for e in classes if _short(e[1]) == name), None)
+
+    m = re.match(r"([A-Z]\w*)\.(\w+): (.*)$", msg)  # "Class.arg: what is wrong; what to do"
+    if m is not None and (entry := entry_of(m.group(1))) is not None:
+        return f"{entry[0]}.init_args.{m.group(2)}: {m.group(3)}"
+    m = re.match(r"([A-Z]\w*): (.*)$", msg)  # "Class: arg must be ..." or "Class: what"
+    if m is not None and (entry := entry_of(m.group(1))) is not None:
+        arg, _, rest = m.group(2).partition(" ")
+        if arg in entry[2] and rest:
+            return f"{entry[0]}.init_args.{arg}: {rest}"
+        return f"{entry[0]}: {m.group(2)}"
+    return f"{owner[0]}: {msg}" if owner is not None else msg
+
+
 def _check_backend(generator: Any, concurrency: int, argv: list[str]) -> None:
     """Fail now, in one line, when the backend cannot work (unreachable server, missing local model)."""
     from datagen.text import TransformersBackend, WorldWriter
@@ -202,7 +303,12 @@ def _parse(parser, argv: list[str]):
         raise _fail(argv, None, config_error_line(exc)) from None
     try:
         init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, AttributeError) as exc:
+    except Exception as exc:
+        line = locate_config_error(exc, cfg)  # a UserError: `generator.init_args.n_objects: ...`
+        if line is not None:
+            raise _fail(argv, None, line) from None
+        if not isinstance(exc, (ValueError, TypeError, FileNotFoundError, ImportError, AttributeError)):
+            raise
         raise _fail(argv, "generator", f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
     return cfg, init
 
@@ -233,9 +339,11 @@ def parse_config(path: str | os.PathLike, kind: str | None = None, argv: list[st
 def unicorn_main(argv: list[str]) -> dict[str, Any] | None:
     parser = build_parser()
     cfg, init = _parse(parser, argv)
-    if cfg.n < 0 or cfg.maxcount < 1 or cfg.concurrency < 1:
-        bad = "n" if cfg.n < 0 else "maxcount" if cfg.maxcount < 1 else "concurrency"
-        raise _fail(argv, bad, f"must be {'>= 0' if bad == 'n' else '>= 1'}, got {getattr(cfg, bad)}")
+    for bad, ok, want in (("n", cfg.n >= 0, ">= 0"), ("maxcount", cfg.maxcount >= 1, ">= 1"),
+                          ("concurrency", cfg.concurrency >= 1, ">= 1"),
+                          ("max_consecutive_drops", cfg.max_consecutive_drops >= 1, ">= 1")):
+        if not ok:
+            raise _fail(argv, bad, f"must be {want}, got {getattr(cfg, bad)}")
     _check_backend(init.generator, cfg.concurrency, argv)
     dumped = parser.dump(cfg)
     if cfg.dry_run:
@@ -243,16 +351,54 @@ def unicorn_main(argv: list[str]) -> dict[str, Any] | None:
         shown = {k: v for k, v in init.generator.config().items() if not k.endswith("_prompt")}
         print(f"synthloop datagen: dry run ok: generator {json.dumps(shown, default=str)}")
         return None
-    from datagen.unicorn.export import export_unicorn, format_summary
+    from datagen.unicorn.export import export_unicorn, format_summary, run_identity
 
-    os.makedirs(cfg.out, exist_ok=True)
-    atomic_write_text(os.path.join(cfg.out, CONFIG_FILE), dumped)
-    summary = export_unicorn(init.generator, cfg.out, cfg.n, seed=cfg.seed, resume=cfg.resume,
-                             overwrite=cfg.overwrite, maxcount=cfg.maxcount, image_format=cfg.image_format,
-                             stage3=init.stage3, concurrency=cfg.concurrency,
-                             max_consecutive_drops=cfg.max_consecutive_drops, progress=cfg.progress)
+    _check_out(argv, cfg.out)
+    # the refusals export_unicorn starts with, first: a refused run must leave datagen_config.yaml as it was
+    from datagen.shards.export import PREFIX, check_resumable
+    from datagen.shards.writer import _existing_shards
+
+    existing = _existing_shards(cfg.out, PREFIX)
+    if existing and not (cfg.resume or cfg.overwrite):
+        raise FileExistsError(f"{cfg.out} already holds {len(existing)} shard(s): pass --resume to continue that "
+                              f"export, --overwrite to replace it, or choose another --out")
+    if cfg.resume and existing:
+        check_resumable(cfg.out, run_identity(init.generator, cfg.seed, init.stage3), PREFIX)
+    config_path = os.path.join(cfg.out, CONFIG_FILE)
+    before = None
+    if os.path.isfile(config_path):
+        with open(config_path, "rb") as f:
+            before = f.read()
+    atomic_write_text(config_path, dumped)
+    try:
+        summary = export_unicorn(init.generator, cfg.out, cfg.n, seed=cfg.seed, resume=cfg.resume,
+                                 overwrite=cfg.overwrite, maxcount=cfg.maxcount, image_format=cfg.image_format,
+                                 stage3=init.stage3, concurrency=cfg.concurrency,
+                                 max_consecutive_drops=cfg.max_consecutive_drops, progress=cfg.progress)
+    except (FileExistsError, RuntimeError) as exc:  # refused later (a damaged shard): keep the old config
+        if isinstance(exc, FileExistsError) or str(exc).startswith("cannot resume"):
+            if before is None:
+                os.remove(config_path)
+            else:
+                from models.io import atomic_write
+
+                atomic_write(config_path, before)
+        raise
     print(format_summary(summary))
     return summary
+
+
+def _check_out(argv: list[str], out: str) -> None:
+    """``--out`` must be (or become) a writable directory: else one line naming it."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise _fail(argv, "out", f"{out} is a file, not a directory; give a directory for the shards")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise _fail(argv, "out", f"cannot create directory {out} ({exc.strerror or exc}); give a directory you "
+                                 f"can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise _fail(argv, "out", f"directory {out} is not writable; give a directory you can write to")
 
 
 def world_main(argv: list[str]) -> dict[str, Any] | None:
@@ -278,6 +424,7 @@ def world_main(argv: list[str]) -> dict[str, Any] | None:
         return None
     from datagen.shards.export import export_generator
 
+    _check_out(argv, cfg.out)
     summary = export_generator(generator, cfg.out, cfg.n, seed=cfg.seed, maxcount=cfg.maxcount,
                                image_format=cfg.image_format, jpeg_quality=cfg.jpeg_quality, overwrite=cfg.overwrite,
                                generator_config=gen_args, progress=cfg.progress,
@@ -321,7 +468,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     kind, rest = argv[0], argv[1:]
     if kind not in SUBCOMMANDS:
-        raise SystemExit(f"synthloop datagen: error: unknown kind {kind!r}; choose one of: {', '.join(SUBCOMMANDS)}")
+        import difflib
+
+        close = difflib.get_close_matches(kind, SUBCOMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SystemExit(f"synthloop datagen: error: unknown kind {kind!r}{hint}; choose one of: "
+                         f"{', '.join(SUBCOMMANDS)}")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 BOOKKEEPING_KEYS = ("__slot__", "__pos__", "__produced__", "__dropped__")
 
 #: Invalid samples in a row (failed ``generate``, rejected by ``validate``, failed transform) after which a
-#: slot stops with ``RuntimeError``: a broken source, not bad luck. Single failures are dropped and counted.
+#: slot stops with :class:`models.errors.RunAborted` (a ``RuntimeError``; ``synthloop`` prints its one line and
+#: exits 3): a broken source, not bad luck. Single failures are dropped and counted.
 #: Configs set it as ``data.init_args.max_consecutive_failures`` (:class:`train.core.datamodule.OnlineDataModule`).
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 1000
 
@@ -114,9 +115,12 @@ class SlotStream(IterableDataset):
                 if dropped <= 5 or dropped % 1000 == 0:
                     log.warning("dropped sample slot=%d pos=%d (%d dropped so far): %s", slot, pos, dropped, reason)
                 if failures_in_row >= self.max_consecutive_failures:
-                    raise RuntimeError(
+                    from models.errors import RunAborted  # one line from `synthloop` (exit 3), even from a worker
+
+                    last = " ".join(str(reason).split())[:300]  # one line: the worker re-raise keeps the last
+                    raise RunAborted(
                         f"{type(self).__name__}: {failures_in_row} samples in a row were invalid in slot {slot} "
-                        f"(last at position {pos}: {reason}); the source is broken, fix it before training"
+                        f"(last at position {pos}: {last}); the source is broken, fix it before training"
                     )
                 continue
             failures_in_row = 0

@@ -17,6 +17,8 @@ Checkpoints are written in open_clip's format (``{"state_dict": ..., "model_name
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ from typing import Any
 import open_clip
 import torch
 
-from models.io import atomic_write
+from models.errors import UserError
+from models.io import atomic_write, torch_file_problem
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -62,26 +65,48 @@ def create_clip(
         pretrained: a local checkpoint file (open_clip or OpenAI format), or an open_clip pretrained
             tag where a hub is reachable. ``None`` = random initialisation.
     """
-    if name not in open_clip.list_models():
-        raise ValueError(
-            f"unknown CLIP model {name!r}; synthloop's tiny ones are {', '.join(TINY_MODELS)}, "
-            f"open_clip knows {len(open_clip.list_models())} more (open_clip.list_models())"
-        )
+    check_model_name(name)  # a one-line UserError naming the known tiny models
     if pretrained is not None and (os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
         if not Path(pretrained).is_file():
-            raise FileNotFoundError(f"pretrained CLIP checkpoint {pretrained!r} does not exist; give a local file path")
-    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        name,
-        pretrained=pretrained,
-        precision=precision,
-        device=device,
-        force_image_size=force_image_size,
-        pretrained_text=False,  # never reach for a hub for tower weights
-        weights_only=True,
-        output_dict=True,
-    )
+            raise UserError(f"pretrained CLIP checkpoint {pretrained!r} does not exist; give a local file path")
+        problem = torch_file_problem(pretrained) if not pretrained.endswith(".safetensors") else None
+        if problem is not None:
+            raise UserError(f"pretrained CLIP checkpoint {pretrained}: {problem}; re-create it (e.g. rerun the "
+                            "run that exported it) or point at another file")
+    try:
+        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            name,
+            pretrained=pretrained,
+            precision=precision,
+            device=device,
+            force_image_size=force_image_size,
+            pretrained_text=False,  # never reach for a hub for tower weights
+            weights_only=True,
+            output_dict=True,
+        )
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a pickled object
+        raise UserError(f"refusing to load pretrained CLIP checkpoint {pretrained}: {unpickling_refusal(exc)}; "
+                        f"only load checkpoints you trust") from exc
     tokenizer = open_clip.get_tokenizer(name)
     return CLIPBundle(model, preprocess_train, preprocess_val, tokenizer, name)
+
+
+def check_model_name(name: str, key: str = "model_name") -> str:
+    """``name`` when open_clip knows it (synthloop's tiny models included), else a one-line
+    :class:`models.errors.UserError` naming ``key`` and the known tiny models."""
+    if not isinstance(name, str) or name not in open_clip.list_models():
+        raise UserError(f"{key}: unknown CLIP model {name!r}; synthloop's tiny ones are {', '.join(TINY_MODELS)}, "
+                        f"open_clip knows {len(open_clip.list_models())} more (python -c 'import open_clip; "
+                        f"print(open_clip.list_models())')")
+    return name
+
+
+def unpickling_refusal(exc: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in a few words: ``it pickles objects outside the
+    allowlist (GLOBAL pkg.Class)``, from its multi-paragraph ``UnpicklingError``."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    what = found.group(1) if found else " ".join(str(exc).split())[:160]
+    return f"it pickles objects outside the allowlist ({what})"
 
 
 def save_open_clip_checkpoint(model: torch.nn.Module, path: str | Path, model_name: str, **extra: Any) -> Path:

@@ -16,8 +16,8 @@ from datagen.generator import SampleGenerator
 from .edits import EDIT_KINDS, make_pair
 from .language import dense_caption, qa_pairs, seed_caption
 from .render import check_size, render_scene
-from .scene import sample_scene
-from .tasks import TASK_FAMILIES, get_task_family, scene_classname
+from .scene import WorldConfigError, check_n_objects, check_probability, sample_scene
+from .tasks import TASK_FAMILIES, _check_split, get_task_family, scene_classname
 
 CAPTION_MODES = ("seed", "dense", "mix")
 PROMPT_FAMILIES = ("shape", "color", "material", "size", "count", "relation")
@@ -37,16 +37,27 @@ def _text_problem(text, key: str = "txt") -> str | None:
     return None
 
 
-def _count_probs(n_objects: int | tuple[int, int], weights: list[float] | None) -> np.ndarray | None:
+def _count_probs(n_objects: int | tuple[int, int], weights: list[float] | None,
+                 key: str = "count_weights") -> np.ndarray | None:
     """Normalised probabilities of the object counts lo..hi (None = uniform)."""
     if weights is None:
         return None
-    lo, hi = (n_objects, n_objects) if isinstance(n_objects, int) else tuple(n_objects)
+    lo, hi = check_n_objects(n_objects)
     w = np.asarray(weights, dtype=float)
-    if len(w) != hi - lo + 1 or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"count_weights needs {hi - lo + 1} non-negative weights (one per count {lo}..{hi}), "
-                         f"got {weights!r}")
+    if w.ndim != 1 or len(w) != hi - lo + 1 or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise WorldConfigError(f"{key}: needs {hi - lo + 1} non-negative weights (one per count {lo}..{hi} of "
+                               f"n_objects), not all zero, got {list(weights)!r}")
     return w / w.sum()
+
+
+def _check_positive(value, key: str, *, allow_none: bool = False) -> int | None:
+    """An int >= 1 (or None when ``allow_none``), else a :class:`WorldConfigError` naming ``key``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        none = " or null" if allow_none else ""
+        raise WorldConfigError(f"{key}: must be an integer >= 1{none}, got {value!r}")
+    return int(value)
 
 
 class WorldCaptions(SampleGenerator):
@@ -68,11 +79,13 @@ class WorldCaptions(SampleGenerator):
                  dense_prob: float = 0.5, prompt_prob: float = 0.25,
                  count_weights: list[float] | None = None) -> None:
         if caption not in CAPTION_MODES:
-            raise ValueError(f"caption must be one of {CAPTION_MODES}, got {caption!r}")
-        self.image_size = check_size(image_size)
+            raise WorldConfigError(f"WorldCaptions.caption: must be one of {CAPTION_MODES}, got {caption!r}")
+        self.image_size = check_size(image_size, "WorldCaptions.image_size")
+        check_n_objects(n_objects, "WorldCaptions.n_objects")
         self.n_objects, self.caption = n_objects, caption
-        self.count_weights = _count_probs(n_objects, count_weights)
-        self.dense_prob, self.prompt_prob = float(dense_prob), float(prompt_prob)
+        self.count_weights = _count_probs(n_objects, count_weights, "WorldCaptions.count_weights")
+        self.dense_prob = check_probability(dense_prob, "WorldCaptions.dense_prob")
+        self.prompt_prob = check_probability(prompt_prob, "WorldCaptions.prompt_prob")
 
     def _prompt(self, scene, rng: np.random.Generator) -> tuple[str, str] | None:
         """A (family, prompt) that describes ``scene``, or None when no family applies."""
@@ -111,8 +124,10 @@ class WorldQA(SampleGenerator):
     """Images with their dense caption and question-answer pairs (one per answerable question type)."""
 
     def __init__(self, image_size: int = 64, n_objects: int | tuple[int, int] = (2, 6), n_questions: int | None = None):
-        self.image_size = check_size(image_size)
-        self.n_objects, self.n_questions = n_objects, n_questions
+        self.image_size = check_size(image_size, "WorldQA.image_size")
+        check_n_objects(n_objects, "WorldQA.n_objects")
+        self.n_objects = n_objects
+        self.n_questions = _check_positive(n_questions, "WorldQA.n_questions", allow_none=True)
 
     def generate(self, rng: np.random.Generator, index: int) -> dict:
         """One sample: ``{"image", "txt": dense caption, "json": {"scene", "qa": [QA as dict...], "index"}}``."""
@@ -139,9 +154,17 @@ class WorldPairs(SampleGenerator):
                  k: int = 2) -> None:
         bad = [x for x in kinds if x not in EDIT_KINDS]
         if bad or not kinds:
-            raise ValueError(f"unknown edit kinds {bad}; valid: {EDIT_KINDS}")
-        self.image_size = check_size(image_size)
-        self.n_objects, self.kinds, self.k = n_objects, tuple(kinds), int(k)
+            raise WorldConfigError(f"WorldPairs.kinds: {'unknown edit kinds ' + repr(bad) if bad else 'empty'}; "
+                                   f"give some of {EDIT_KINDS}")
+        self.image_size = check_size(image_size, "WorldPairs.image_size")
+        lo, hi = check_n_objects(n_objects, "WorldPairs.n_objects")
+        # every sampled scene must admit every edit kind, else a share of the samples is dropped (or all)
+        need = 2 if "remove" in kinds else 1 if any(x.startswith("replace") for x in kinds) else 0
+        if lo < need:
+            which = "'remove' keeps at least one object" if need == 2 else "the replace kinds need an object"
+            raise WorldConfigError(f"WorldPairs.n_objects: scenes of {lo} object(s) cannot be edited ({which}); "
+                                   f"raise the lower bound to {need} or drop those kinds")
+        self.n_objects, self.kinds, self.k = n_objects, tuple(kinds), _check_positive(k, "WorldPairs.k")
 
     def generate(self, rng: np.random.Generator, index: int) -> dict:
         """One sample: ``{"image_original", "image_modified", "json": {"edit", "original", "modified", "index"}}``."""
@@ -162,8 +185,9 @@ class TaskSamples(SampleGenerator):
     """Labelled samples of one task family (continual-learning training streams)."""
 
     def __init__(self, family: str, image_size: int = 64, split: str = "train") -> None:
-        self.family = get_task_family(family)
-        self.image_size, self.split = check_size(image_size), split
+        self.family = get_task_family(family, "TaskSamples.family")
+        self.image_size = check_size(image_size, "TaskSamples.image_size")
+        self.split = _check_split(split, "TaskSamples.split")
 
     def generate(self, rng: np.random.Generator, index: int) -> dict:
         """One sample: ``{"image", "label", "txt": canonical prompt, "json": {family, split, classname, ...}}``."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .scene import RADIUS, Scene, SceneObject
+from .scene import RADIUS, Scene, SceneObject, WorldConfigError
 
 MIN_SIZE, MAX_SIZE = 32, 224
 
@@ -62,10 +62,12 @@ def supersampling(size: int) -> int:
     return 4 if size <= 64 else 2
 
 
-def check_size(size: int) -> int:
-    """Validate an output image side; raise ValueError naming it when it is not in 32..224."""
-    if not isinstance(size, (int, np.integer)) or not MIN_SIZE <= int(size) <= MAX_SIZE:
-        raise ValueError(f"image size {size!r} is not supported: must be an int in {MIN_SIZE}..{MAX_SIZE}")
+def check_size(size: int, key: str | None = None) -> int:
+    """Validate an output image side; raise :class:`~datagen.world.scene.WorldConfigError` (a ValueError)
+    naming it (and the argument ``key``, e.g. ``"WorldCaptions.image_size"``) when it is not in 32..224."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= int(size) <= MAX_SIZE:
+        where = f"{key}: " if key else ""
+        raise WorldConfigError(f"{where}image size {size!r} is not supported: must be an int in {MIN_SIZE}..{MAX_SIZE}")
     return int(size)
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from models.errors import UserError
+
 SHAPES = ("cube", "sphere", "cylinder")
 COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SIZES = ("small", "large")
@@ -122,12 +124,51 @@ def free_position(rng: np.random.Generator, others, size: str, tries: int = 200,
     return None
 
 
-def _n_range(n_objects: int | tuple[int, int]) -> tuple[int, int]:
-    lo, hi = (n_objects, n_objects) if isinstance(n_objects, (int, np.integer)) else n_objects
-    lo, hi = int(lo), int(hi)
+class WorldConfigError(UserError, ValueError):
+    """A world or generator argument out of range: a :class:`models.errors.UserError` (one line naming the
+    argument, ``Class.argument: what is wrong; what to do``), and a ``ValueError`` for callers that catch that."""
+
+
+def check_n_objects(n_objects: Any, key: str = "n_objects") -> tuple[int, int]:
+    """``n_objects`` (an exact count or an inclusive ``[lo, hi]`` range) as ``(lo, hi)``; a value out of
+    0..MAX_OBJECTS or an unordered range is a :class:`WorldConfigError` naming ``key``."""
+    want = f"give a count or an ordered range [lo, hi] with 0 <= lo <= hi <= {MAX_OBJECTS}"
+    if isinstance(n_objects, (bool, np.bool_)):
+        raise WorldConfigError(f"{key}: {n_objects!r} is not an object count; {want}")
+    if isinstance(n_objects, (int, np.integer)):
+        lo = hi = int(n_objects)
+    else:
+        try:
+            lo, hi = (int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else None
+                      for v in n_objects)
+        except (TypeError, ValueError):
+            lo = hi = None
+        if lo is None or hi is None:
+            raise WorldConfigError(f"{key}: {_shown(n_objects)} is not an object count; {want}")
+    if lo > hi:
+        raise WorldConfigError(f"{key}: {_shown(n_objects)} is not an ordered range (lo {lo} > hi {hi}); {want}")
     if not 0 <= lo <= hi <= MAX_OBJECTS:
-        raise ValueError(f"n_objects must be within 0..{MAX_OBJECTS} (lo <= hi), got {n_objects!r}")
+        raise WorldConfigError(f"{key}: {_shown(n_objects)} is outside 0..{MAX_OBJECTS}; {want}")
     return lo, hi
+
+
+def check_probability(value: Any, key: str) -> float:
+    """``value`` as a float in [0, 1], or a :class:`WorldConfigError` naming ``key``."""
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        p = float("nan")
+    if not 0.0 <= p <= 1.0:  # NaN fails too
+        raise WorldConfigError(f"{key}: {value!r} is not a probability; give a number in 0..1")
+    return p
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def _n_range(n_objects: int | tuple[int, int]) -> tuple[int, int]:
+    return check_n_objects(n_objects)
 
 
 def sample_scene(

@@ -31,7 +31,7 @@ from PIL import Image
 
 from .language import count_phrase, object_phrase, relation_phrase
 from .render import check_size, render_scene
-from .scene import ATTRIBUTE_VALUES, SHAPES, Scene, sample_scene
+from .scene import ATTRIBUTE_VALUES, SHAPES, Scene, WorldConfigError, sample_scene
 
 SPLITS = ("train", "test")
 _SPLIT_KEYS = {"train": 0x7A1, "test": 0x7E5}  # salts of the per-split seed spaces
@@ -47,9 +47,16 @@ DIGIT_TEMPLATES = ('a photo of the number: "{}".', 'a photo of the digit: "{}".'
 _RELATION_PAIRS = tuple((a, b) for a in SHAPES for b in SHAPES if a != b)
 
 
-def _check_split(split: str) -> str:
+class UnknownTaskFamily(WorldConfigError, KeyError):
+    """An unknown task family name: a :class:`models.errors.UserError` and, as before, a ``KeyError``."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _check_split(split: str, key: str = "split") -> str:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise WorldConfigError(f"{key}: must be one of {SPLITS}, got {split!r}")
     return split
 
 
@@ -225,12 +232,14 @@ TASK_FAMILIES: dict[str, TaskFamily] = {
 }
 
 
-def get_task_family(name: str) -> TaskFamily:
-    """The registered family ``name``; KeyError listing the valid names otherwise."""
+def get_task_family(name: str, key: str | None = None) -> TaskFamily:
+    """The registered family ``name``; :class:`UnknownTaskFamily` (a KeyError) listing the valid names
+    otherwise, naming the argument ``key`` (e.g. ``"TaskSamples.family"``) when given."""
     try:
         return TASK_FAMILIES[name]
-    except KeyError:
-        raise KeyError(f"unknown task family {name!r}; valid: {sorted(TASK_FAMILIES)}") from None
+    except (KeyError, TypeError):
+        where = f"{key}: " if key else ""
+        raise UnknownTaskFamily(f"{where}unknown task family {name!r}; valid: {sorted(TASK_FAMILIES)}") from None
 
 
 def scene_classname(family: TaskFamily | str, scene: Scene) -> str | None:

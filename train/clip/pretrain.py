@@ -19,7 +19,8 @@ import pytorch_lightning as pl
 import torch
 from open_clip.loss import ClipLoss
 
-from models.clip import create_clip, save_open_clip_checkpoint, zero_shot_classifier
+from models.clip import check_model_name, create_clip, save_open_clip_checkpoint, zero_shot_classifier
+from models.errors import UserError
 from models.io import atomic_write
 from train.clip import DEFAULT_EVAL_BATCH_SIZE
 from train.core.optim import build_optimizer, no_decay_groups
@@ -43,6 +44,37 @@ class CaptionTransform:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"sample {sample.get('__key__')}: empty caption")
         return {"image": self.preprocess(sample["image"]), "text": self.tokenizer([text])[0], "txt": text}
+
+
+def _check_args(*, model_name: str, lr: float, weight_decay: float, betas, warmup_steps: int,
+                total_steps: int | None, eval_families, eval_per_class: int, eval_batch_size: int) -> None:
+    """Refuse out-of-range :class:`CLIPPretrain` arguments now, in one line each (``CLIPPretrain.<arg>: ...``),
+    not at the first optimizer step or validation."""
+    from datagen.world import TASK_FAMILIES
+
+    def bad(key: str, what: str) -> UserError:
+        return UserError(f"CLIPPretrain.{key}: {what}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    check_model_name(model_name, "CLIPPretrain.model_name")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise bad("lr", f"must be a number > 0, got {lr!r}")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise bad("weight_decay", f"must be a number >= 0, got {weight_decay!r}")
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise bad("betas", f"must be two numbers in [0, 1), e.g. [0.9, 0.98], got {list(betas)!r}")
+    if not is_int(warmup_steps) or warmup_steps < 0:
+        raise bad("warmup_steps", f"must be an integer >= 0, got {warmup_steps!r}")
+    if total_steps is not None and (not is_int(total_steps) or total_steps < 1):
+        raise bad("total_steps", f"must be an integer >= 1 or null (= trainer.max_steps), got {total_steps!r}")
+    unknown = [f for f in eval_families if f not in TASK_FAMILIES]
+    if unknown:
+        raise bad("eval_families", f"unknown task families {unknown}; valid: {sorted(TASK_FAMILIES)}")
+    for key, value in (("eval_per_class", eval_per_class), ("eval_batch_size", eval_batch_size)):
+        if not is_int(value) or value < 1:
+            raise bad(key, f"must be an integer >= 1, got {value!r}")
 
 
 class CLIPPretrain(pl.LightningModule):
@@ -85,8 +117,14 @@ class CLIPPretrain(pl.LightningModule):
         publish_path: str | None = None,
     ) -> None:
         super().__init__()
+        _check_args(model_name=model_name, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+                    total_steps=total_steps, eval_families=eval_families, eval_per_class=eval_per_class,
+                    eval_batch_size=eval_batch_size)
         self.save_hyperparameters()
-        bundle = create_clip(model_name, pretrained=pretrained)
+        try:
+            bundle = create_clip(model_name, pretrained=pretrained)
+        except UserError as exc:  # model_name is checked above: this is about the pretrained file
+            raise UserError(f"CLIPPretrain.pretrained: {exc}") from exc
         self.model = bundle.model
         self.preprocess = bundle.preprocess_val
         self.tokenizer = bundle.tokenizer

@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
 
 from datagen.errors import config_error_line
+from models.errors import DEBUG_ENV, UserError
 from train.core.datamodule import OnlineDataModule
 
 
@@ -80,7 +81,7 @@ class SynthloopCLI(LightningCLI):
         if resume not in (None, "auto", "never"):
             raise SystemExit(f"synthloop: error: --resume must be 'auto' or 'never', got {resume!r}")
         if resume == "auto" and self.subcommand == "fit":
-            from train.core.checkpoints import apply_resume_auto
+            from train.core.resume import apply_resume_auto
 
             apply_resume_auto(cfg)
 
@@ -91,16 +92,32 @@ class SynthloopCLI(LightningCLI):
         sub = self.config.get("subcommand")
         cfg = self.config.get(sub) if sub else None
         if cfg is not None and cfg.get("ckpt_path"):
-            from train.core.checkpoints import resolve_ckpt_path
+            from train.core.resume import resolve_ckpt_path
 
             cfg["ckpt_path"] = resolve_ckpt_path(cfg["ckpt_path"])
+
+    def instantiate_classes(self) -> None:
+        """Build the classes; an out-of-range value (refused by a constructor, or by the Trainer) becomes a
+        :class:`ConfigError` naming its key (``data.init_args.batch_size: ...``) instead of jsonargparse's
+        nested union report."""
+        cfg = self.config.get(str(self.subcommand), self.config)
+        _check_trainer_values(cfg)
+        try:
+            super().instantiate_classes()
+        except Exception as exc:
+            line = config_problem(exc, cfg)
+            if line is None:
+                raise
+            raise ConfigError(line) from exc
 
     def _check_resume(self) -> None:
         ckpt = self.config.get(str(self.subcommand), self.config).get("ckpt_path")
         if ckpt and self.model is not None:
-            from train.core.checkpoints import check_resume_compatible
+            from train.core.resume import ConfiguredOptimizer, check_resume_compatible
 
-            check_resume_compatible(self.model, ckpt)
+            if check_resume_compatible(self.model, ckpt) and self.subcommand == "fit" and \
+                    "deepspeed" not in type(self.trainer.strategy).__name__.lower():
+                self.trainer.callbacks.append(ConfiguredOptimizer())
 
     def before_fit(self) -> None:
         self._check_resume()
@@ -123,6 +140,61 @@ class SynthloopCLI(LightningCLI):
         extra, config["enable_progress_bar"] = progress_callbacks(configured, config.get("enable_progress_bar"))
         hygiene, config["enable_model_summary"] = hygiene_callbacks(configured, config.get("enable_model_summary"))
         return harden_trainer(super()._instantiate_trainer(config, callbacks + extra + hygiene))
+
+
+class ConfigError(UserError):
+    """A config value refused when the classes are built: ``key.path: what is wrong; what to do``. The
+    commands print it as ``synthloop: config error in <config>: <message>`` (exit 2)."""
+
+
+def _check_trainer_values(cfg) -> None:
+    """Trainer values Lightning would accept but that cannot work on an endless stream, refused in one line."""
+    trainer = cfg.get("trainer") if hasattr(cfg, "get") else None
+    if trainer is None or not hasattr(trainer, "get"):
+        return
+    steps = trainer.get("max_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps == 0 or steps < -1):
+        raise ConfigError(f"trainer.max_steps: must be > 0 (the number of optimizer steps) or -1 (no limit), got "
+                          f"{steps!r}: the stream is endless, so max_steps is what ends a run")
+    for key in ("log_every_n_steps", "accumulate_grad_batches"):
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"trainer.{key}: must be an integer >= 1, got {value!r}")
+    value = trainer.get("val_check_interval")
+    if value is not None and not isinstance(value, bool) and isinstance(value, (int, float)) and value <= 0:
+        raise ConfigError(f"trainer.val_check_interval: must be > 0 (steps between validations; a float in (0, 1] "
+                          f"is a fraction of an epoch), got {value!r}")
+
+
+def _in_frame(exc: BaseException, name: str) -> bool:
+    """Whether ``exc`` was raised under a call of a function called ``name``."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == name:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def config_problem(exc: BaseException, cfg) -> str | None:
+    """One line ``key.path: what`` for a value refused while the config's classes were built, or None when
+    ``exc`` is not such a refusal (it keeps its traceback).
+
+    Refusals are Lightning's ``MisconfigurationException`` (and the like) from ``Trainer(...)``, and what
+    :func:`datagen.cli.locate_config_error` finds: a :class:`models.errors.UserError` anywhere in the
+    exception chain (e.g. under jsonargparse's union report), or a ``ValueError`` / ``TypeError`` /
+    ``KeyError`` raised by a config class's ``__init__`` itself; ``Class.arg: ...`` and ``Class: arg ...``
+    messages are rewritten to the argument's key (``data.init_args.generator.init_args.n_objects: ...``)."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    from datagen.cli import locate_config_error
+
+    if isinstance(exc, UserError):
+        return None  # raised as such (an environment variable, a file): complete already, not a config key
+    if isinstance(exc, (MisconfigurationException, ModuleNotFoundError, ValueError)) and _in_frame(
+            exc, "_instantiate_trainer"):  # Trainer(...) refused a value (devices, accelerator, strategy)
+        return f"trainer: {' '.join(str(exc).split())}"
+    return locate_config_error(exc, cfg, direct=(ValueError, TypeError, KeyError))
 
 
 def _check_config_files(argv: list[str]) -> None:
@@ -179,6 +251,8 @@ def fit_stage(config: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     except Exception as exc:
         from jsonargparse import ArgumentError
 
+        if isinstance(exc, ConfigError):
+            raise SystemExit(f"synthloop: config error in {config}: {exc}") from None
         if isinstance(exc, ArgumentError) or type(exc).__name__ in ("ArgumentError", "NSKeyError"):
             raise SystemExit(f"synthloop: config error in {config}: {config_error_line(exc)}") from None
         raise
@@ -194,8 +268,12 @@ def lightning_main(argv: list[str]) -> None:
     except Exception as exc:
         from jsonargparse import ArgumentError
 
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise  # SYNTHLOOP_DEBUG=1: the whole traceback
+        configs = [a for i, a in enumerate(argv) if i > 0 and argv[i - 1] in ("--config", "-c")]
+        where = f" in {', '.join(configs)}" if configs else ""
+        if isinstance(exc, ConfigError):  # a value refused while the classes were built
+            raise SystemExit(f"synthloop: config error{where}: {exc}") from None
         if isinstance(exc, ArgumentError) or type(exc).__name__ in ("ArgumentError", "NSKeyError"):
-            configs = [a for i, a in enumerate(argv) if i > 0 and argv[i - 1] in ("--config", "-c")]
-            where = f" in {', '.join(configs)}" if configs else ""
             raise SystemExit(f"synthloop: config error{where}: {config_error_line(exc)}") from None
         raise

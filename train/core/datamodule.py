@@ -26,8 +26,14 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datagen.stream import (DEFAULT_MAX_CONSECUTIVE_FAILURES, GeneratorStream, SampleGenerator, SlotStream,
                             seed_everything_for_worker)
+from models.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class DataConfigError(UserError, ValueError):
+    """A bad :class:`OnlineDataModule` argument: one line (``OnlineDataModule: <arg> ...``) that ``synthloop fit``
+    turns into ``data.init_args.<arg>: ...``; a ValueError too, for callers that catch that."""
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -75,13 +81,18 @@ class OnlineDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if generator is None and shards is None:
-            raise ValueError("OnlineDataModule: give either `generator` or `shards` (both are empty)")
-        if batch_size < 1:
-            raise ValueError(f"OnlineDataModule: batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"OnlineDataModule: num_workers must be >= 0, got {num_workers}")
-        if max_consecutive_failures < 1:
-            raise ValueError(f"OnlineDataModule: max_consecutive_failures must be >= 1, got {max_consecutive_failures}")
+            raise DataConfigError("OnlineDataModule: generator is missing: give `generator` (class_path/init_args "
+                                  "of a sample generator, e.g. datagen.world.WorldCaptions) or `shards` (both are "
+                                  "empty)")
+        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                                 ("prefetch_factor", prefetch_factor, 1),
+                                 ("max_consecutive_failures", max_consecutive_failures, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DataConfigError(f"OnlineDataModule: {name} must be >= {low}, got {value!r}; set it to an "
+                                      f"integer >= {low}")
+        if shards is not None and not str(shards).strip():
+            raise DataConfigError("OnlineDataModule: shards is empty: give a directory, glob or brace pattern of "
+                                  "WebDataset shards, or null to generate online")
         self.generator = generator
         self.shards = shards
         self.batch_size = batch_size
