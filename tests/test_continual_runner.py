@@ -59,12 +59,12 @@ def test_a_run_directory_refuses_another_sequence(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "state.json").write_text(json.dumps({"done": 1, "tasks": ["color"], "method": "gift"}))
-    with pytest.raises(ValueError, match="different sequence"):
+    with pytest.raises(ValueError, match="holds another task sequence"):
         runner.continual(out_dir=str(out), replay_cache=str(tmp_path / "cache"), **COMMON)
 
 
 def test_a_task_lr_for_a_task_outside_the_sequence_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"task_lr names \['digit'\].*fix the task names"):
+    with pytest.raises(ValueError, match=r"task_lr: names \[.digit.\].*fix the task names"):
         runner.continual(out_dir=str(tmp_path / "run"), replay_cache=str(tmp_path / "cache"),
                          **{**COMMON, "task_lr": {"digit": 5e-3}})
     assert not (tmp_path / "cache").exists()  # refused before any replay set is made

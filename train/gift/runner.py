@@ -17,7 +17,6 @@ resumes the interrupted task from its last step checkpoint, and reuses existing 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -169,6 +168,19 @@ def continual(
         collective_timeout: seconds a rank waits for a dead or stuck peer (default
             ``$SYNTHLOOP_COLLECTIVE_TIMEOUT_S``, else torch's 30 min).
     """
+    args = dict(locals())  # the call's settings, checked before anything is built
+    from train.gift.validate import RECORDED, check_same_run, check_settings, check_weights, read_state, task_name
+
+    check_settings(args)
+    names = [task_name(s) for s in tasks]
+    settings = {k: args[k] for k in RECORDED}
+    state_path = Path(out_dir) / "state.json"
+    state = read_state(state_path)
+    check_same_run(state, state_path, names, method, settings)
+    if state["done"]:
+        check_weights(Path(out_dir) / f"task{state['done'] - 1:02d}-{names[state['done'] - 1]}" / "model.pt",
+                      f"the weights after task {state['done'] - 1}")
+
     import pytorch_lightning as pl
     import torch
 
@@ -178,15 +190,15 @@ def continual(
     from train.clip.zeroshot import zero_shot_accuracy
     from train.core.checkpoints import find_resume_checkpoint, harden_trainer
     from train.core.datamodule import OnlineDataModule
+    from train.core.progress import progress_callbacks
+    from train.core.quiet import hygiene_callbacks
     from train.core.resilience import default_callbacks
-    from train.core.strategies import is_deepspeed, resolve_strategy
+    from train.core.strategies import resolve_strategy
     from train.gift.metrics import AccuracyMatrix, cl_metrics, format_matrix_table
-    from train.gift.module import DEEPSPEED_REFUSAL, GIFTTask, logit_scale_is_fixed, method_parts, uses_replay
+    from train.gift.module import GIFTTask, logit_scale_is_fixed, method_parts, uses_replay
 
     DataMonitor, create_clip = _lazy("DataMonitor"), _lazy("create_clip")
     cd, _, _, _ = method_parts(method)
-    if is_deepspeed(strategy):
-        raise ValueError(DEEPSPEED_REFUSAL)  # before any model, replay set or process group is built
     pl.seed_everything(seed, workers=True, verbose=False)
     needs_replay = uses_replay(method)
     rank, world = _rank_world()
@@ -200,14 +212,8 @@ def continual(
     if logit_scale == "model":  # the starting CLIP's own learned temperature (OpenAI CLIP's is 100)
         logit_scale = float(model.logit_scale.detach().exp())
         log.info("logit scale fixed at the starting model's own value, %.2f", logit_scale)
-    elif isinstance(logit_scale, str):
-        raise ValueError(f"logit_scale must be a number or 'model', got {logit_scale!r}")
     logit_scale_is_fixed(model, float(logit_scale))
     sources = [TaskSource(t, bundle.image_size, folder_root) for t in tasks]
-    names = [s.name for s in sources]
-    if unknown := sorted(set(task_lr) - set(names)):
-        raise ValueError(f"task_lr names {unknown}, which are not tasks of this sequence {names}: "
-                         "fix the task names in task_lr")
     eval_sets = [s.eval_set(preprocess, bundle.image_size, eval_per_class, eval_seed) for s in sources]
 
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if accelerator in ("gpu", "cuda")
@@ -220,19 +226,21 @@ def continual(
         m.cpu()
         return accs
 
-    state_path = out / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"done": 0}
-    if state.get("tasks", names) != names or state.get("method", method) != method:
-        raise ValueError(f"{state_path}: this run directory holds a different sequence/method "
-                         f"({state.get('tasks')}, {state.get('method')}); use another out_dir")
-    matrix = AccuracyMatrix.from_json(out / "accuracy_matrix.json") if state["done"] else AccuracyMatrix(names)
+    matrix = _read_matrix(out / "accuracy_matrix.json", AccuracyMatrix) if state["done"] else AccuracyMatrix(names)
     if not (out / "zeroshot.json").exists() and rank == 0:
         zs = evaluate(model)
         atomic_write_json(out / "zeroshot.json", zs, sort_keys=False)
         log.info("zero-shot before training: %s", zs)
     if state["done"]:
         prev = out / f"task{state['done'] - 1:02d}-{names[state['done'] - 1]}" / "model.pt"
-        model.load_state_dict(torch.load(prev, map_location="cpu", weights_only=True)["state_dict"])
+        try:
+            model.load_state_dict(torch.load(prev, map_location="cpu", weights_only=True)["state_dict"])
+        except Exception as exc:  # noqa: BLE001 - an untrusted pickle, a foreign file, another model's weights
+            from models.errors import UserError
+
+            msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise UserError(f"{prev}: cannot load the weights after task {state['done'] - 1} ({msg}); delete that "
+                            "task's directory and state.json to recompute, or use another --out_dir") from None
         log.info("resuming after %d finished tasks (weights from %s)", state["done"], prev)
 
     last = len(sources) if max_tasks is None else min(len(sources), state["done"] + max_tasks)
@@ -264,13 +272,16 @@ def continual(
         ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=task_dir / "checkpoints", every_n_train_steps=checkpoint_every,
                                                save_last=True, save_top_k=1, filename="step{step:06d}",
                                                auto_insert_metric_name=False)
+        progress, bar = progress_callbacks([], None)  # a step bar in a terminal, log lines otherwise
+        hygiene, _ = hygiene_callbacks([], False)
         trainer = pl.Trainer(max_steps=steps_per_task, accelerator=accelerator, devices=devices,
                              strategy=resolve_strategy(strategy, accelerator, collective_timeout),
                              precision=precision, logger=pl.loggers.TensorBoardLogger(str(out), name="logs",
                                                                                       version=f"task{t:02d}"),
-                             callbacks=[ckpt_cb, DataMonitor(), *default_callbacks()], enable_model_summary=False,
-                             num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(task_dir),
-                             log_every_n_steps=10, enable_progress_bar=rank == 0)
+                             callbacks=[ckpt_cb, DataMonitor(), *default_callbacks(), *progress, *hygiene],
+                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                             default_root_dir=str(task_dir), log_every_n_steps=10,
+                             enable_progress_bar=bar and rank == 0)
         harden_trainer(trainer)  # atomic checkpoint writes, weights_only loading
         resume = find_resume_checkpoint(task_dir / "checkpoints")  # the resume rule: highest step, torn skipped
         trainer.fit(module, datamodule=dm, ckpt_path=resume)
@@ -282,7 +293,8 @@ def continual(
             matrix.to_json(out / "accuracy_matrix.json")
             matrix.to_csv(out / "accuracy_matrix.csv")
             matrix.heatmap_png(out / "accuracy_matrix.png", title=f"{method}: accuracy matrix")
-            atomic_write_json(state_path, {"done": t + 1, "tasks": names, "method": method}, sort_keys=False)
+            atomic_write_json(state_path, {"done": t + 1, "tasks": names, "method": method, "settings": settings},
+                              sort_keys=False)
             if not keep_task_checkpoints:  # the task is recorded as done: resume starts from model.pt now
                 shutil.rmtree(task_dir / "checkpoints", ignore_errors=True)
             print(f"\nafter task {t} ({src.name}): " + ", ".join(f"{k} {v:.1f}" for k, v in accs.items()))
@@ -293,6 +305,16 @@ def continual(
             print("\n" + format_matrix_table(matrix.values, names))
         return metrics
     return matrix.metrics()
+
+
+def _read_matrix(path: Path, cls: Any) -> Any:
+    try:
+        return cls.from_json(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        from models.errors import UserError
+
+        raise UserError(f"{path}: unreadable accuracy matrix ({type(exc).__name__}: {exc}); delete the run directory "
+                        "(or give another --out_dir) to start over") from None
 
 
 def main(argv: list[str] | None = None) -> None:
