@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from datagen.generator import Sample, SampleGenerator, sample_rng  # noqa: F401  (re-exported)
+from models.errors import RunAborted
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,19 @@ BOOKKEEPING_KEYS = ("__slot__", "__pos__", "__produced__", "__dropped__")
 #: exits 3): a broken source, not bad luck. Single failures are dropped and counted.
 #: Configs set it as ``data.init_args.max_consecutive_failures`` (:class:`train.core.datamodule.OnlineDataModule`).
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 1000
+
+
+def _reason(sample: Any, exc: BaseException) -> str:
+    """Why a sample was dropped, naming where it came from (shard and key, or the generator's key) and, for a
+    missing field, which one: ``shard data/s-000003.tar key 0000000042: missing field 'txt' (has: jpg, json)``."""
+    where = ""
+    if isinstance(sample, dict):
+        url, key = sample.get("__url__"), sample.get("__key__")
+        where = (f"shard {url} " if url else "") + (f"key {key}: " if key is not None else "")
+    if isinstance(exc, KeyError) and isinstance(sample, dict):
+        fields = ", ".join(sorted(k for k in sample if not str(k).startswith("__")))
+        return f"{where}missing field {exc.args[0]!r} (has: {fields or 'nothing'})"
+    return f"{where}{type(exc).__name__}: {exc}"
 
 
 def global_index(slot: int, n_slots: int, position: int) -> int:
@@ -108,15 +124,13 @@ class SlotStream(IterableDataset):
                     if reason is None:
                         sample = self.transform(raw) if self.transform is not None else raw
                 except Exception as exc:  # a bad sample must never stop training: drop and count
-                    reason = f"{type(exc).__name__}: {exc}"
+                    reason = _reason(raw, exc)
             if reason is not None:
                 dropped += 1
                 failures_in_row += 1
                 if dropped <= 5 or dropped % 1000 == 0:
                     log.warning("dropped sample slot=%d pos=%d (%d dropped so far): %s", slot, pos, dropped, reason)
                 if failures_in_row >= self.max_consecutive_failures:
-                    from models.errors import RunAborted  # one line from `synthloop` (exit 3), even from a worker
-
                     last = " ".join(str(reason).split())[:300]  # one line: the worker re-raise keeps the last
                     raise RunAborted(
                         f"{type(self).__name__}: {failures_in_row} samples in a row were invalid in slot {slot} "
@@ -139,24 +153,74 @@ class GeneratorStream(SlotStream):
     A generator may also define ``validate(sample) -> str | None`` (reason to reject, or None).
     """
 
-    def __init__(self, generator: SampleGenerator, seed: int = 0, transform=None, validate=None, **kw) -> None:
+    def __init__(self, generator: SampleGenerator, seed: int = 0, transform=None, validate=None,
+                 sample_timeout: float | None = None, **kw) -> None:
         if validate is None:
             validate = getattr(generator, "validate", None)
         super().__init__(seed=seed, transform=transform, validate=validate, **kw)
+        if sample_timeout is not None and not sample_timeout > 0:
+            from models.errors import UserError
+
+            raise UserError(f"sample_timeout: must be > 0 seconds (or null: no limit), got {sample_timeout!r}")
         self.generator = generator
+        self.sample_timeout = sample_timeout
 
     def _positions(self, slot: int, n_slots: int, start: int):
         pos = start
+        timed = _TimedCalls(self.sample_timeout) if self.sample_timeout else None
         while True:
             index = global_index(slot, n_slots, pos)
             try:
-                raw = self.generator.generate(sample_rng(self.seed, index), index)
+                rng = sample_rng(self.seed, index)
+                if timed is None:
+                    raw = self.generator.generate(rng, index)
+                else:
+                    raw = timed.call(self.generator.generate, rng, index, where=f"slot {slot}, index {index}")
                 if isinstance(raw, dict):
                     raw.setdefault("__key__", f"{index:010d}")
+            except RunAborted:
+                raise
             except Exception as exc:  # counted and dropped by SlotStream
                 raw = exc
             yield pos, raw
             pos += 1
+
+
+class SampleTimeout(Exception):
+    """``generate`` did not return within ``sample_timeout`` seconds (the sample is dropped and counted)."""
+
+
+class _TimedCalls:
+    """Runs each ``generate`` call in a helper thread and waits at most ``seconds`` for it.
+
+    A Python thread cannot be stopped: a call that times out is abandoned (it may still finish in the
+    background; its result is discarded) and the next call gets a fresh thread. Seeds come from the
+    sample index, so the samples that do arrive are the same as without the limit. When
+    :data:`MAX_ABANDONED` abandoned calls are still running, the generator is hanging, not slow: the
+    stream stops with :class:`models.errors.RunAborted`.
+    """
+
+    MAX_ABANDONED = 8
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.pool: ThreadPoolExecutor | None = None
+        self.abandoned: list[Future] = []
+
+    def call(self, fn, *args, where: str):
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthloop-generate")
+        future = self.pool.submit(fn, *args)
+        try:
+            return future.result(timeout=self.seconds)
+        except FutureTimeout:
+            self.pool.shutdown(wait=False)  # its one thread is busy: the next call gets a new pool
+            self.pool = None
+            self.abandoned = [f for f in self.abandoned if not f.done()] + [future]
+            if len(self.abandoned) >= self.MAX_ABANDONED:
+                raise RunAborted(f"the generator hangs: {len(self.abandoned)} generate calls are still running after "
+                                 f"sample_timeout={self.seconds:g} s (last at {where}); fix the generator") from None
+            raise SampleTimeout(f"generate did not return within sample_timeout={self.seconds:g} s ({where})") from None
 
 
 def strip_bookkeeping(sample: Sample) -> Sample:

@@ -34,6 +34,14 @@ class TextBackend:
                  seed: int = 0) -> list[str | None]:
         raise NotImplementedError
 
+    def complete_with_causes(self, prompts: list[Messages], *, max_new_tokens: int = 512, temperature: float = 0.7,
+                             seed: int = 0) -> list[tuple[str | None, str | None]]:
+        """``complete``, with why each None happened: ``(text, None)`` or ``(None, cause)``. Backends that
+        know the cause (the HTTP one: ``http:500``, ``http:timeout``, ``json:invalid``, ...) override it; the
+        generators record the cause as the dropped sample's reason."""
+        outs = self.complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return [(o, None if o is not None else f"{self.name}:failed") for o in outs]
+
     def config(self) -> dict[str, Any]:
         """JSON-able settings that determine the outputs (for logs and cache keys)."""
         return {"backend": self.name}

@@ -92,9 +92,10 @@ class UnicornText(SampleGenerator):
                 "caption_prompt": self.caption_prompt.user, "instruction_prompt": self.instruction_prompt.user,
                 "min_words": self.min_words, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
 
-    def _complete(self, messages, index: int, stage: int) -> str | None:
-        out = self.backend.complete([messages], max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                    seed=int(index) * 2 + stage)
+    def _complete(self, messages, index: int, stage: int) -> tuple[str | None, str | None]:
+        """The backend's text, or None and why (``http:500``, ``http:timeout``, ...: the drop's reason)."""
+        out = self.backend.complete_with_causes([messages], max_new_tokens=self.max_new_tokens,
+                                                temperature=self.temperature, seed=int(index) * 2 + stage)
         return out[0]
 
     def generate(self, rng: np.random.Generator, index: int) -> dict:
@@ -111,14 +112,21 @@ class UnicornText(SampleGenerator):
         else:
             seed = self.seed_lines[index % len(self.seed_lines)]
         sample["seed"] = seed
-        caption = clean_caption(self._complete(self.caption_prompt.render(seed=seed), index, 0))
+        raw, cause = self._complete(self.caption_prompt.render(seed=seed), index, 0)
+        if raw is None and cause is not None:  # the backend failed: its cause, not "empty"
+            sample["__reject__"] = f"caption:{cause}"
+            return sample
+        caption = clean_caption(raw)
         reason = validate_caption(seed, caption, min_words=self.min_words)
         if reason is not None:
             sample["__reject__"] = f"caption:{reason}"
             return sample
         sample["caption"] = caption
         if self.stage == "instructions":
-            raw = self._complete(self.instruction_prompt.render(caption=caption), index, 1)
+            raw, cause = self._complete(self.instruction_prompt.render(caption=caption), index, 1)
+            if raw is None and cause is not None:
+                sample["__reject__"] = f"instructions:{cause}"
+                return sample
             items, rejects = parse_instructions(raw, caption)
             sample["items"], sample["rejects"] = items, dict(rejects)
             if not items:

@@ -66,6 +66,9 @@ class OnlineDataModule(pl.LightningDataModule):
         max_consecutive_failures: invalid samples in a row after which a stream slot stops with an error
             (a broken source); single bad samples are dropped and counted
             (:data:`datagen.stream.DEFAULT_MAX_CONSECUTIVE_FAILURES` = 1000).
+        sample_timeout: seconds one ``generate`` call may take; a slower one is dropped and counted with its
+            slot and index (``SampleTimeout``), and generation goes on (default null: no limit; an LLM-backed
+            generator should set one). See :class:`datagen.stream.GeneratorStream`.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class OnlineDataModule(pl.LightningDataModule):
         prefetch_factor: int = 4,
         transform: Callable[[dict], dict] | None = None,
         max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        sample_timeout: float | None = None,
     ) -> None:
         super().__init__()
         if generator is None and shards is None:
@@ -101,6 +105,9 @@ class OnlineDataModule(pl.LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.transform = transform
         self.max_consecutive_failures = max_consecutive_failures
+        if sample_timeout is not None and (isinstance(sample_timeout, bool) or not sample_timeout > 0):
+            raise DataConfigError(f"OnlineDataModule: sample_timeout must be > 0 seconds or null, got {sample_timeout!r}")
+        self.sample_timeout = sample_timeout
         # slot -> (next position, produced, dropped) as of the last consumed sample of that slot
         self.slot_state: dict[int, tuple[int, int, int]] = {}
         self.consumed = 0
@@ -133,7 +140,8 @@ class OnlineDataModule(pl.LightningDataModule):
                                              max_consecutive_failures=self.max_consecutive_failures)
         else:
             stream = GeneratorStream(self.generator, seed=self.seed, transform=transform,
-                                     max_consecutive_failures=self.max_consecutive_failures)
+                                     max_consecutive_failures=self.max_consecutive_failures,
+                                     sample_timeout=self.sample_timeout)
         rank, world = self._rank_world()
         stream.set_rank(rank, world)
         self._apply_restored(world)
