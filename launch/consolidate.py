@@ -77,6 +77,8 @@ def _client_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
 
 def load_full_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(LightningModule state dict in fp32, Lightning client state) from a DeepSpeed dir or a .ckpt file."""
+    from models.errors import UserError
+    from models.io import load_torch_file
     from train.core.checkpoints import checkpoint_problem
 
     path = Path(path)
@@ -91,7 +93,10 @@ def load_full_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag)
         client = _client_state(path, tag)
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = load_torch_file(path, "checkpoint")
+        except UserError as exc:
+            raise SystemExit(f"consolidate: {exc}") from None
         state = ckpt["state_dict"]
         client = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer_states", "lr_schedulers")}
     state = {(k[len("_forward_module."):] if k.startswith("_forward_module.") else k): v.float()

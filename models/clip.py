@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import open_clip
 import torch
 
 from models.errors import UserError
-from models.io import atomic_write, torch_file_problem
+from models.io import atomic_write, torch_file_problem, unpickling_refusal
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -99,14 +98,6 @@ def check_model_name(name: str, key: str = "model_name") -> str:
                         f"open_clip knows {len(open_clip.list_models())} more (python -c 'import open_clip; "
                         f"print(open_clip.list_models())')")
     return name
-
-
-def unpickling_refusal(exc: BaseException) -> str:
-    """What ``torch.load(weights_only=True)`` refused, in a few words: ``it pickles objects outside the
-    allowlist (GLOBAL pkg.Class)``, from its multi-paragraph ``UnpicklingError``."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    what = found.group(1) if found else " ".join(str(exc).split())[:160]
-    return f"it pickles objects outside the allowlist ({what})"
 
 
 def save_open_clip_checkpoint(model: torch.nn.Module, path: str | Path, model_name: str, **extra: Any) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,78 @@ def torch_file_problem(path: str | os.PathLike, deep: bool = True) -> str | None
     if bad is not None:
         return f"damaged: member {bad} fails its CRC-32 check"
     return None
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)`` of a file a user named, after :func:`torch_file_problem`: a
+    missing, torn, damaged or untrusted file is a :class:`models.errors.UserError` naming it (one line)."""
+    import torch
+
+    from models.errors import UserError
+
+    problem = torch_file_problem(path)
+    if problem is not None:
+        raise UserError(f"{what} {os.fspath(path)}: {problem}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an untrusted pickle or a foreign file
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError):
+            detail = f"refusing to load it: {unpickling_refusal(exc)}; only load files you trust"
+        else:
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise UserError(f"{what} {os.fspath(path)}: {detail}") from None
+
+
+CHECKSUMS = "checksums.sha256"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(folder: str | os.PathLike) -> Path:
+    """``<folder>/checksums.sha256`` (``sha256sum`` format) over every file of a saved model folder, written
+    atomically after them: weight formats without their own checksums (safetensors, HF folders) are then
+    verified before use (:func:`verify_checksums`); ``sha256sum -c checksums.sha256`` checks it by hand."""
+    folder = Path(folder)
+    lines = [f"{_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != CHECKSUMS and not p.name.startswith(".")]
+    return Path(atomic_write_text(folder / CHECKSUMS, "\n".join(lines) + "\n"))
+
+
+def verify_checksums(folder: str | os.PathLike) -> None:
+    """Check a folder against its ``checksums.sha256`` (nothing to check when it has none); a missing or
+    changed file is a :class:`models.errors.UserError` naming it."""
+    from models.errors import UserError
+
+    folder = Path(folder)
+    manifest = folder / CHECKSUMS
+    if not manifest.is_file():
+        return
+    for line in manifest.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, name = line.split(None, 1)
+        name = name.strip().lstrip("*")
+        p = folder / name
+        if not p.is_file():
+            raise UserError(f"{p}: missing from the saved model folder {folder} (listed in {CHECKSUMS}); save it again")
+        if _sha256(p) != digest:
+            raise UserError(f"{p}: damaged (its SHA-256 differs from {CHECKSUMS}); save the model again or restore "
+                            "the file")
+
+
+def unpickling_refusal(exc: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in a few words: ``it pickles objects outside the
+    allowlist (GLOBAL pkg.Class)``, from its multi-paragraph ``UnpicklingError``."""
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(exc))
+    what = found.group(1) if found else " ".join(str(exc).split())[:160]
+    return f"it pickles objects outside the allowlist ({what})"

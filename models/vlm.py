@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.io import atomic_write, atomic_write_text
+from models.io import atomic_write, atomic_write_text, verify_checksums, write_checksums
 
 #: Images per forward when a vision tower embeds a whole pool (:meth:`OpenCLIPVisionTower.set_reference_mean`,
 #: Unicorn's unpaired image pool): inference on a frozen tower in eval mode, so it sets memory use only.
@@ -262,8 +262,9 @@ class EmbeddingVLM(nn.Module):
             config["vision_tower"] = self.vision_tower.spec()
             vt = {k: v.detach().cpu().contiguous() for k, v in self.vision_tower.state_dict().items()}
             atomic_write(path / "vision_tower.safetensors", lambda tmp: save_file(vt, tmp))
-        # written last: its presence marks a complete folder (from_pretrained and the toy's skip checks read it)
         atomic_write_text(path / CONFIG_NAME, json.dumps(config, indent=2))
+        # written last: its presence marks a complete folder, and from_pretrained verifies every file against it
+        write_checksums(path)
         return path
 
     @classmethod
@@ -276,6 +277,7 @@ class EmbeddingVLM(nn.Module):
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path} is not a synthloop VLM folder: {CONFIG_NAME} is missing")
+        verify_checksums(path)
         config = VLMConfig(**json.loads(cfg_file.read_text()))
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)

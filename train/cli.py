@@ -77,8 +77,13 @@ def _setup_logging() -> None:
     import warnings
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = os.environ.get("SYNTHLOOP_LOG", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        print(f"synthloop: error: environment variable SYNTHLOOP_LOG={os.environ['SYNTHLOOP_LOG']!r} is not a log "
+              "level; use DEBUG, INFO, WARNING or ERROR (or unset it: INFO)", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT)
     for name in ("train", "datagen", "models"):  # our own progress at INFO; libraries stay quiet
-        logging.getLogger(name).setLevel(os.environ.get("SYNTHLOOP_LOG", "INFO"))
+        logging.getLogger(name).setLevel(level)
     drop = _DropExpected()
     for handler in logging.getLogger().handlers:
         handler.addFilter(drop)

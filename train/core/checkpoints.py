@@ -41,7 +41,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from models.io import atomic_write, fsync_dir, remove_orphans, torch_file_problem
+from models.io import atomic_write, fsync_dir, remove_orphans, torch_file_problem, unpickling_refusal
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                               weights_only=True if weights_only is None else weights_only)
         except Exception as exc:
             import pickle
-            import re
 
             from models.errors import UserError
 
@@ -129,11 +128,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 """One line naming the file (a UserError); a RuntimeError as before for callers catching that."""
 
             if isinstance(exc, pickle.UnpicklingError):  # weights_only=True refused a pickled object
-                found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-                what = f" ({found.group(1)})" if found else ""
                 raise CheckpointLoadError(
-                    f"synthloop: cannot load checkpoint {path}: refusing to load it, it pickles objects outside the "
-                    f"allowlist{what} (Weights only load failed); only load checkpoints you trust") from exc
+                    f"synthloop: cannot load checkpoint {path}: refusing to load it, {unpickling_refusal(exc)} "
+                    "(Weights only load failed); only load checkpoints you trust") from exc
             msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             raise CheckpointLoadError(f"synthloop: cannot load checkpoint {path}: {msg}; it is not a readable "
                                       f"Lightning checkpoint: resume from another one") from exc

@@ -173,7 +173,15 @@ def collective_timeout(seconds: float | None = None) -> timedelta | None:
     """The collective timeout: ``seconds`` if given, else ``$SYNTHLOOP_COLLECTIVE_TIMEOUT_S``, else None."""
     if seconds is None:
         env = os.environ.get(TIMEOUT_ENV)
-        seconds = float(env) if env else None
+        try:
+            seconds = float(env) if env else None
+        except ValueError:
+            seconds = -1.0
+        if seconds is not None and not seconds > 0:
+            from models.errors import UserError
+
+            raise UserError(f"environment variable {TIMEOUT_ENV}={env!r} is not a number of seconds > 0; set it "
+                            "(e.g. 600) or unset it (torch's default, 30 min)")
     return None if seconds is None else timedelta(seconds=float(seconds))
 
 

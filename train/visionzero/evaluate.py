@@ -85,23 +85,22 @@ def heldout_setups(gcfg: dict[str, Any], n: int, seed: int) -> list[GameSetup]:
 
 def load_policy(path: str, ckpt: str | None = None):
     """An EmbeddingVLM policy from a folder, optionally with the weights of a self-play Lightning checkpoint."""
-    import torch
-
+    from models.io import load_torch_file
     from models.vlm import EmbeddingVLM
     from train.visionzero.policy import EmbeddingVLMPolicy
 
     vlm = EmbeddingVLM.from_pretrained(path)
     if ckpt is not None:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        state = load_torch_file(ckpt, "Vision-Zero checkpoint")["state_dict"]
         vlm.load_state_dict({k[len("vlm."):]: v for k, v in state.items() if k.startswith("vlm.")})
     vlm.eval()
     return EmbeddingVLMPolicy(vlm)
 
 
 def ckpt_history(ckpt: str) -> list[dict]:
-    import torch
+    from models.io import load_torch_file
 
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["visionzero"]["phase"]["history"]
+    return load_torch_file(ckpt, "Vision-Zero checkpoint")["visionzero"]["phase"]["history"]
 
 
 def play_table(setups: list[GameSetup], players: dict[str, Any], spy_key: str, civ_key: str,
