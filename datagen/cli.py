@@ -91,7 +91,7 @@ def build_parser():
     from datagen.unicorn.stage3 import Stage3
     from datagen.unicorn.stages import UnicornText
 
-    p = ArgumentParser(prog="synthloop datagen unicorn", exit_on_error=False,
+    p = ArgumentParser(prog="synthloop datagen unicorn", exit_on_error=False, allow_abbrev=False,
                        description="Unicorn stages 1-2 (optionally 3) -> resumable WebDataset shards.")
     p.add_argument("--config", action=ActionConfigFile, help="YAML config (keys as below)")
     p.add_argument("--generator", type=UnicornText, required=True,
@@ -122,7 +122,7 @@ def build_world_parser(help_only: bool = False):
     """The ``synthloop datagen world`` parser. ``help_only``: no default generator (resolving it imports it)."""
     from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
-    p = ArgumentParser(prog="synthloop datagen world", exit_on_error=False,
+    p = ArgumentParser(prog="synthloop datagen world", exit_on_error=False, allow_abbrev=False,
                        description="Any sample generator (default: the scene world's WorldCaptions) -> resumable "
                                    "WebDataset shards. Re-running the same command continues the export.")
     p.add_argument("--config", action=ActionConfigFile, help="YAML config (keys as below)")

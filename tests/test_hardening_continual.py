@@ -122,3 +122,11 @@ def test_the_real_command_prints_one_line_and_exits_2(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "synthloop: error: method: unknown continual method 'gifts'; valid: finetune, l2, lwf, ewc, cd, cd_ita, gift"]
+
+
+def test_an_abbreviated_option_is_refused_by_continual_and_datagen(tmp_path, capsys):
+    code, line = _run(tmp_path, capsys, BASE, "--steps_per_tas", "3")
+    assert code == 2 and "unrecognized arguments: --steps_per_tas 3" in line
+    with pytest.raises(SystemExit) as exc:
+        main(["datagen", "world", "--ou", str(tmp_path / "x")])
+    assert exc.value.code == 2 and "unrecognized arguments: --ou" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = list(argv) if argv is not None else None
     try:
-        CLI(continual, args=argv, as_positional=False, exit_on_error=False)
+        CLI(continual, args=argv, as_positional=False, exit_on_error=False, allow_abbrev=False)
     except Exception as exc:
         # parse errors only: anything continual() itself raises propagates unchanged
         if not (isinstance(exc, ArgumentError) or type(exc).__name__ in ("ArgumentError", "NSKeyError")):
