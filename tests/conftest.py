@@ -47,3 +47,14 @@ def pytest_report_header(config):
 @pytest.fixture
 def counting_generator():
     return CountingGenerator
+
+
+def write_edited_config(src, tmp_path, edit, name: str = "bad.yaml"):
+    """``src`` (a YAML config) with ``edit(cfg)`` applied, written to ``tmp_path / name``; returns its path."""
+    import yaml
+
+    cfg = yaml.safe_load(open(src).read())
+    edit(cfg)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path

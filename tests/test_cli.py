@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_edited_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests/configs/clip_micro.yaml"
@@ -19,11 +20,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _write(tmp_path: Path, edit) -> Path:
-    cfg = yaml.safe_load(MICRO.read_text())
-    edit(cfg)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_edited_config(MICRO, tmp_path, edit)
 
 
 @pytest.mark.parametrize(
