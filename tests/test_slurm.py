@@ -6,7 +6,8 @@
 * Against a real SLURM (root + apt-get; CI): launch/local_slurm.sh sets up a one-node cluster,
   launch/slurm.sbatch runs tests/configs/slurm_micro.yaml as 2 tasks (DDP over gloo), once
   uninterrupted and once pre-empted half-way with `scancel --signal=USR1`: the job checkpoints,
-  requeues itself, restarts (SLURM_RESTART_COUNT 1), resumes from its checkpoint and finishes with
+  requeues itself, restarts (SLURM_RESTART_COUNT 1), resumes from its checkpoint; then a hard
+  `scontrol requeue`, then `scancel --signal=TERM` (checkpoint, exit 143, requeue); it finishes with
   bit-identical weights and data-stream positions.
 """
 
@@ -211,6 +212,12 @@ def test_sbatch_preempted_job_requeues_resumes_and_matches_uninterrupted_run(tmp
         _wait_for(pre / "slurm_micro" / "version_1" / "checkpoints" / "step000040.ckpt", job)
         _sh("scontrol", "requeue", job)
         t_requeue = time.time() - t0
+        # 3) SIGTERM to every process of the step (what a pre-empting scheduler sends; data workers
+        #    included) once the third start has written its step-60 checkpoint: the tasks checkpoint the
+        #    last finished step, exit 143, and the template requeues the job
+        _wait_for(pre / "slurm_micro" / "version_2" / "checkpoints" / "step000060.ckpt", job)
+        _sh("scancel", "--signal=TERM", job)
+        t_term = time.time() - t0
 
         info = _wait_done(job, 600)
         ref_info = _wait_done(ref_job, 600)
@@ -218,7 +225,7 @@ def test_sbatch_preempted_job_requeues_resumes_and_matches_uninterrupted_run(tmp
         log = (tmp_path / f"synthloop-{job}.out").read_text()
         assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-5000:]
         assert ref_info["JobState"] == "COMPLETED", (tmp_path / f"synthloop-{ref_job}.out").read_text()[-5000:]
-        assert info["Restarts"] == "2", info
+        assert info["Restarts"] == "3", info
 
         # SIGUSR1: checkpoint at a step boundary, requeue, restart (SLURM_RESTART_COUNT=1), resume from it
         saved = re.search(r"pre-emption: saved (\S+hpc_ckpt_1\.ckpt) at step (\d+)", log)
@@ -238,6 +245,13 @@ def test_sbatch_preempted_job_requeues_resumes_and_matches_uninterrupted_run(tmp
         assert second and 40 <= int(second.group(2)) < MAX_STEPS, log[-5000:]
         assert f"Restored all states from the checkpoint at {second.group(1)}" in log
         assert not (pre / "hpc_ckpt_2.ckpt").exists()
+        # SIGTERM: a checkpoint of the last finished step, exit 143 (not 0), requeue, restart 3 resumes from it
+        term = re.search(r"SIGTERM: saved (\S+/version_2/checkpoints/sigterm-step(\d+)\.ckpt) at step \d+", log)
+        assert term and 60 <= int(term.group(2)) < MAX_STEPS, log[-5000:]
+        assert "srun exited with 143" in log and f"requeued job {job} after SIGTERM" in log
+        assert f"[slurm.sbatch] job {job} restart 3:" in log
+        assert f"resuming from {term.group(1)} (global_step {term.group(2)})" in log
+        assert "killed by signal" not in log  # the data workers ignore the step-wide SIGTERM
 
         # the same result as the uninterrupted run: weights, optimizer, data-stream positions, zero-shot table
         final_pre, final_ref = latest_checkpoint(pre), latest_checkpoint(ref)
@@ -255,7 +269,8 @@ def test_sbatch_preempted_job_requeues_resumes_and_matches_uninterrupted_run(tmp
         ref_log = (tmp_path / f"synthloop-{ref_job}.out").read_text()
         assert table.search(log).group(0) == table.search(ref_log).group(0)
         print(f"SIGUSR1 at {t_signal:.0f} s (checkpoint at step {step}), scontrol requeue at {t_requeue:.0f} s "
-              f"(resumed at step {second.group(2)}), both jobs done at {wall:.0f} s")
+              f"(resumed at step {second.group(2)}), SIGTERM at {t_term:.0f} s (checkpoint at step "
+              f"{term.group(2)}), both jobs done at {wall:.0f} s")
     finally:
         for j in jobs:
             subprocess.run(["scancel", j], capture_output=True)

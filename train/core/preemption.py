@@ -196,6 +196,9 @@ class SignalCheckpoint(pl.Callback):
     the resume rule picks it when it is the furthest along) and the ``synthloop`` command exits 143.
     """
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _flag_only_sigterm(trainer)
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -215,6 +218,34 @@ class SignalCheckpoint(pl.Callback):
             log.warning("SIGTERM: saved %s at step %d; exiting with %d (resume: the same command with "
                         "--resume auto)", path, trainer.global_step, EXIT_SIGTERM)
         trainer.strategy.barrier("sigterm-checkpoint")
+
+
+def _flag_only_sigterm(trainer: pl.Trainer) -> None:
+    """Make Lightning's SIGTERM handler only set its flag (and pass the signal to processes it spawned).
+
+    Lightning 2.6's handler also calls ``dist.broadcast`` *inside the signal handler*. Under SLURM or
+    torchrun every rank gets the signal, each at a different point of its step, so those broadcasts pair
+    with the step's own collectives (an ``all_gather`` on one rank, the extra broadcast on another): the
+    ranks deadlock until the scheduler kills them, with no checkpoint (seen under a real SLURM:
+    ``scancel --signal=TERM`` ended a 2-task job in SIGKILL after KillWait). The flag alone is enough:
+    Lightning broadcasts rank 0's flag at every step boundary and all ranks stop at the same step.
+    """
+    from pytorch_lightning.trainer.connectors.signal_connector import _HandlersCompose
+
+    connector = getattr(trainer, "_signal_connector", None)
+    composed = signal.getsignal(signal.SIGTERM)
+    if connector is None or not isinstance(composed, _HandlersCompose):
+        return
+
+    def flag(signum: int, frame: Any) -> None:
+        if not connector.received_sigterm:
+            launcher = trainer.strategy.launcher
+            if launcher is not None:
+                launcher.kill(signum)
+        connector.received_sigterm = True
+
+    notifier = getattr(connector, "_sigterm_notifier_fn", None)
+    composed.signal_handlers = [flag if h == notifier else h for h in composed.signal_handlers]
 
 
 def _slurm_job_id() -> str | None:
