@@ -42,3 +42,41 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
         raise UserError(f"environment variable {name}={value} must be >= {minimum}; unset it for the "
                         f"default ({default})")
     return value
+
+
+# -- argparse value types: a bad value is argparse's one-line usage error (exit 2) naming the option ------
+def positive_int(text: str) -> int:
+    """``type=`` for an option that must be an integer >= 1 (steps, counts, sizes)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """``type=`` for an option that must be a finite number >= 0 (a noise scale, a weight)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
+    return value
+
+
+def existing_file(text: str) -> str:
+    """``type=`` for an input file (a config): it must exist."""
+    import argparse
+    from pathlib import Path
+
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no file {text}")
+    return text

@@ -188,7 +188,8 @@ def load_torch_file(path: str | os.PathLike, what: str = "file") -> Any:
 CHECKSUMS = "checksums.sha256"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
     import hashlib
 
     h = hashlib.sha256()
@@ -203,7 +204,7 @@ def write_checksums(folder: str | os.PathLike) -> Path:
     atomically after them: weight formats without their own checksums (safetensors, HF folders) are then
     verified before use (:func:`verify_checksums`); ``sha256sum -c checksums.sha256`` checks it by hand."""
     folder = Path(folder)
-    lines = [f"{_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in sorted(folder.rglob("*"))
+    lines = [f"{file_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name != CHECKSUMS and not p.name.startswith(".")]
     return Path(atomic_write_text(folder / CHECKSUMS, "\n".join(lines) + "\n"))
 
@@ -225,7 +226,7 @@ def verify_checksums(folder: str | os.PathLike) -> None:
         p = folder / name
         if not p.is_file():
             raise UserError(f"{p}: missing from the saved model folder {folder} (listed in {CHECKSUMS}); save it again")
-        if _sha256(p) != digest:
+        if file_sha256(p) != digest:
             raise UserError(f"{p}: damaged (its SHA-256 differs from {CHECKSUMS}); save the model again or restore "
                             "the file")
 

@@ -225,6 +225,28 @@ def test_complete_set_is_reused(tmp_path, monkeypatch):
         make_replay_set(pool, 6, 0, backend, tmp_path, epoch=1, progress=False)
 
 
+def test_a_damaged_shard_of_a_complete_set_is_regenerated_not_reused(tmp_path, caplog):
+    pool = world_pool(1)
+    d = make_replay_set(pool, 10, 0, ScriptedBackend(), tmp_path, batch_size=2, shard_size=4, progress=False)
+    reference = shard_items(d)
+    shard = d / part_name(0, 1) / "shard-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    again = ScriptedBackend()
+    with caplog.at_level("WARNING"):
+        assert make_replay_set(pool, 10, 0, again, tmp_path, batch_size=2, shard_size=4, progress=False) == d
+    assert any("differ from their recorded sha256" in r.getMessage() and "shard-000001.tar" in r.getMessage()
+               for r in caplog.records)
+    assert len(again.seen_seeds) == 6  # shard 0 (items 0-3) kept; shards 1-2 (items 4-9) made again
+    assert is_complete(d) and shard_items(d) == reference
+    with pytest.raises(RuntimeError, match="shard-000000.tar differs from the sha256"):
+        first = d / part_name(0, 1) / "shard-000000.tar"
+        first.write_bytes(first.read_bytes()[:-1] + b"x")
+        make_replay_set(pool, 10, 0, ScriptedBackend(), tmp_path, batch_size=2, shard_size=4, progress=False,
+                        world_size=2)
+
+
 def test_partial_set_is_resumed_without_regenerating(tmp_path):
     pool = world_pool(1)
     crashing = ScriptedBackend(fail_after_calls=3)  # batches of 2, shards of 4: 1 shard survives the crash

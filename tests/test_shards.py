@@ -150,6 +150,23 @@ def test_truncated_shard_is_skipped_and_counted(tmp_path, caplog):
         assert full[:k] + [(s["__key__"], s["__pos__"]) for s in s2] == full
 
 
+def test_a_changed_byte_the_tar_format_cannot_see_is_caught_by_the_manifest_checksum(tmp_path, caplog):
+    out, info = export(tmp_path, n=20, maxcount=5)
+    assert all(len(s["sha256"]) == 64 for s in read_manifest(out)["shards"])
+    bad = out / info.shards[1]
+    data = bytearray(bad.read_bytes())
+    at = data.index(b".txt") // 512 * 512 + 512  # a caption's first byte: its 512-byte tar header, then data
+    data[at] ^= 0x01  # a caption letter changes; tar headers, the PNG CRCs and the structure are intact
+    bad.write_bytes(bytes(data))
+    bad_keys = set(keys(reference(20))[5:10])
+    stream = ShardStream(str(out), epochs=1, shuffle_shards=False)
+    with caplog.at_level(logging.WARNING):
+        got = read_all(stream)
+    assert set(keys(got)) == set(keys(reference(20))) - bad_keys  # the changed shard is skipped whole
+    assert stream.corrupt_shard_urls == {str(bad)}
+    assert any("sha256" in r.getMessage() and info.shards[1] in r.getMessage() for r in caplog.records)
+
+
 def test_garbage_shards_and_bad_image(tmp_path, caplog):
     out, info = export(tmp_path, n=20, maxcount=5)
     rng = np.random.default_rng(0)

@@ -39,8 +39,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from datagen.shards import MANIFEST_NAME, ShardStream, read_manifest, write_shards
-from models.io import atomic_write_json
+from datagen.shards import MANIFEST_NAME, ShardStream, manifest_digests, read_manifest, write_shards
+from models.io import atomic_write_json, file_sha256
 
 from .backends import TextToImage, is_black
 from .prompts import PromptPool, pool_summary
@@ -112,6 +112,32 @@ def wait_complete(set_dir: str | os.PathLike, timeout: float = 3600.0, poll: flo
     return set_dir
 
 
+def damaged_shards(set_dir: str | os.PathLike) -> list[Path]:
+    """Shards of a complete set whose bytes differ from the sha256 their part manifest recorded."""
+    set_dir = Path(set_dir)
+    parts = json.loads((set_dir / COMPLETE_NAME).read_text(encoding="utf-8"))["parts"]
+    bad = []
+    for part in parts:
+        for shard, digest in sorted(manifest_digests([str(set_dir / part / MANIFEST_NAME)]).items()):
+            if not os.path.isfile(shard) or file_sha256(shard) != digest:
+                bad.append(Path(shard))
+    return bad
+
+
+def _discard_damaged(set_dir: Path, damaged: list[Path]) -> None:
+    """Drop each damaged shard and every later shard of its part (and the part's manifest and COMPLETE),
+    so that :func:`make_replay_set` regenerates exactly those items (generation is deterministic)."""
+    log.warning("replay set %s: %d shard(s) differ from their recorded sha256 (first: %s); regenerating them",
+                set_dir, len(damaged), damaged[0].name)
+    (set_dir / COMPLETE_NAME).unlink(missing_ok=True)
+    for part_dir in sorted({p.parent for p in damaged}):
+        first = min(p.name for p in damaged if p.parent == part_dir)
+        for shard in part_dir.glob("*.tar"):
+            if shard.name >= first:
+                shard.unlink()
+        (part_dir / MANIFEST_NAME).unlink(missing_ok=True)
+
+
 def _done_keys(part_dir: Path) -> list[str]:
     """Keys in the complete shards of an interrupted part, in write order (member names only, no data)."""
     pat = re.compile(re.escape(SHARD_PREFIX) + r"-(\d{6})\.tar$")
@@ -159,8 +185,14 @@ def make_replay_set(pool: PromptPool, n: int, seed: int, backend: TextToImage, o
         raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
     set_dir = replay_set_dir(out_dir, pool, n, seed, backend, epoch)
     if is_complete(set_dir):
-        log.info("replay set %s is complete: reusing it (no generation)", set_dir)
-        return set_dir
+        damaged = damaged_shards(set_dir)
+        if not damaged:
+            log.info("replay set %s is complete: reusing it (no generation)", set_dir)
+            return set_dir
+        if world_size > 1:
+            raise RuntimeError(f"replay set {set_dir}: shard {damaged[0]} differs from the sha256 in its manifest "
+                               f"({len(damaged)} damaged shard(s)); delete {set_dir} and run again to regenerate it")
+        _discard_damaged(set_dir, damaged)
     part_dir = set_dir / part_name(rank, world_size)
     part_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(set_dir / SET_INFO_NAME, {

@@ -18,11 +18,11 @@ Keys (``__key__``) must not contain ``.``: WebDataset splits member names at the
 from .codec import (IMAGE_EXTS, MAIN_IMAGE_FIELD, MAIN_LABEL_FIELD, MANIFEST_NAME, SIZES_NAME, decode_members,
                     encode_sample)
 from .export import RUN_FILE, export_generator
-from .reader import CorruptShardError, ShardStream, expand_urls
+from .reader import CorruptShardError, ShardStream, expand_urls, manifest_digests
 from .writer import ShardSetInfo, export_stream, read_manifest, write_shards
 
 __all__ = [
     "IMAGE_EXTS", "MAIN_IMAGE_FIELD", "MAIN_LABEL_FIELD", "MANIFEST_NAME", "RUN_FILE", "SIZES_NAME",
     "CorruptShardError", "ShardSetInfo", "ShardStream", "decode_members", "encode_sample", "expand_urls",
-    "export_generator", "export_stream", "read_manifest", "write_shards",
+    "export_generator", "export_stream", "manifest_digests", "read_manifest", "write_shards",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 from webdataset.tariterators import base_plus_ext
 
 from datagen.stream import Sample, SlotStream
+from models.io import file_sha256
 
 from .codec import MANIFEST_NAME, decode_members
 
@@ -145,6 +146,22 @@ def expand_urls(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[s
     return out
 
 
+def manifest_digests(urls: Iterable[str]) -> dict[str, str]:
+    """``{shard path: sha256}`` from the ``manifest.json`` beside each shard (shards written by
+    :func:`datagen.shards.write_shards` since checksums were added; older or foreign shards have none)."""
+    out: dict[str, str] = {}
+    for folder in sorted({os.path.dirname(os.path.normpath(u)) for u in urls}):
+        try:
+            with open(os.path.join(folder, MANIFEST_NAME), encoding="utf-8") as f:
+                shards = json.load(f)["shards"]
+            for entry in shards:
+                if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+                    out[os.path.normpath(os.path.join(folder, entry["name"]))] = entry["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no (readable) manifest: the tar structure checks still apply
+    return out
+
+
 class ShardStream(SlotStream):
     """Samples from WebDataset shards, with the same slot/position/resume semantics as the online streams.
 
@@ -187,6 +204,8 @@ class ShardStream(SlotStream):
         # url -> samples (positions) in it; lets resume skip whole shards without opening them
         self._counts: dict[str, int] = {}
         self._readable: dict[str, bool] = {}
+        self._digests: dict[str, str] | None = None  # from the manifests, read on first use
+        self._intact_urls: dict[str, bool] = {}
 
     def num_samples(self) -> int:
         """Samples (positions) per epoch in all shards together, from a header scan (not per slot)."""
@@ -211,6 +230,26 @@ class ShardStream(SlotStream):
             self._counts[url] = n
         return self._counts[url]
 
+    def _intact(self, url: str) -> bool:
+        """False when the manifest records a sha256 for ``url`` and the file no longer has it (checked once
+        per process; the shard is then skipped whole, with one warning naming it)."""
+        if url not in self._intact_urls:
+            if self._digests is None:
+                self._digests = manifest_digests(self.urls)
+            expected = self._digests.get(os.path.normpath(url))
+            ok = True
+            if expected is not None:
+                try:
+                    actual = file_sha256(url)
+                except OSError as exc:
+                    actual = f"unreadable ({exc})"
+                ok = actual == expected
+                if not ok:
+                    self._mark_corrupt(url, f"sha256 {actual[:16]}... differs from {expected[:16]}... recorded in "
+                                            f"{MANIFEST_NAME} (the file changed after it was written; re-export it)", 0)
+            self._intact_urls[url] = ok
+        return self._intact_urls[url]
+
     def _mark_corrupt(self, url: str, reason: str, n_read: int) -> None:
         self._readable.setdefault(url, n_read > 0)
         if url in self.corrupt_shard_urls:
@@ -228,6 +267,8 @@ class ShardStream(SlotStream):
 
     def _any_readable(self) -> bool:
         for url in self.urls:
+            if not self._intact(url):
+                continue
             if url not in self._readable:
                 try:
                     next(iter(_scan_tar(url, want=lambda i: False)), None)
@@ -262,6 +303,9 @@ class ShardStream(SlotStream):
                     g = g_base + i  # read data only for our samples at or after the resume point
                     return g % stride == phase and epoch_start + g // stride >= start
 
+                if not self._intact(url):
+                    self._counts.setdefault(url, 0)
+                    continue
                 n_in_shard = 0
                 try:
                     for key, members in _scan_tar(url, want=want):

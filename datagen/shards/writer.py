@@ -21,7 +21,7 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from datagen.stream import GeneratorStream, Sample, SlotStream, strip_bookkeeping
-from models.io import atomic_write_json, fsync_dir
+from models.io import atomic_write_json, file_sha256, fsync_dir
 
 from .codec import MANIFEST_NAME, SIZES_NAME, encode_sample
 from .reader import CorruptShardError, _scan_tar
@@ -93,6 +93,7 @@ class _AtomicShard:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
+        self.sha256 = file_sha256(self.tmp)  # of the bytes on disk, before the name makes them visible
         os.replace(self.tmp, self.path)
         fsync_dir(os.path.dirname(self.path) or ".")
 
@@ -161,6 +162,7 @@ def write_shards(
     existing = _existing_shards(out_dir, prefix)
     names: list[str] = []
     counts: list[int] = []
+    digests: list[str] = []
     done_keys: list[str] = []
     if existing and not resume:
         if not overwrite:
@@ -182,6 +184,7 @@ def write_shards(
                                f"every later shard, then resume again") from exc
         names.append(n)
         counts.append(len(keys))
+        digests.append(file_sha256(os.path.join(out_dir, n)))
         done_keys.extend(keys)
     n_done = len(done_keys)
     seen_keys = set(done_keys)
@@ -223,6 +226,7 @@ def write_shards(
                 shard.commit()
                 names.append(os.path.basename(shard.path))
                 counts.append(shard.count)
+                digests.append(shard.sha256)
                 shard = None
             if shard is None:
                 shard = _AtomicShard(os.path.join(out_dir, _shard_name(prefix, len(names))), mtime)
@@ -234,6 +238,7 @@ def write_shards(
             shard.commit()
             names.append(os.path.basename(shard.path))
             counts.append(shard.count)
+            digests.append(shard.sha256)
             shard = None
     finally:
         pbar.close()
@@ -256,7 +261,7 @@ def write_shards(
         "version": 1,
         "prefix": prefix,
         "pattern": os.path.basename(info.pattern),
-        "shards": [{"name": n, "count": c} for n, c in zip(names, counts)],
+        "shards": [{"name": n, "count": c, "sha256": d} for n, c, d in zip(names, counts, digests)],
         "total": info.total,
         "image_format": image_format,
         "aux_image_format": aux_image_format,

@@ -30,6 +30,8 @@ import shutil
 import time
 from pathlib import Path
 
+from models.errors import non_negative_float, positive_int
+
 log = logging.getLogger("train.unicorn.toy")
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("real", "mean_shift", "raw", "mean_shift_noise", "ideal", "realign")
@@ -174,6 +176,7 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, prog="synthloop unicorn-toy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,11 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clip", default="runs/quickstart/clip_final.pt")
     p.add_argument("--variants", nargs="+", default=["real", "mean_shift", "raw", "mean_shift_noise", "ideal"],
                    choices=VARIANTS)
-    p.add_argument("--text-steps", type=int, default=600)
-    p.add_argument("--align-steps", type=int, default=150)
-    p.add_argument("--instruct-steps", type=int, default=300)
-    p.add_argument("--noise-std", type=float, default=0.05)
-    p.add_argument("--vqa-images", type=int, default=300)
+    p.add_argument("--text-steps", type=positive_int, default=600)
+    p.add_argument("--align-steps", type=positive_int, default=150)
+    p.add_argument("--instruct-steps", type=positive_int, default=300)
+    p.add_argument("--noise-std", type=non_negative_float, default=0.05)
+    p.add_argument("--vqa-images", type=positive_int, default=300)
     p.add_argument("--n-objects", type=int, nargs=2, default=[1, 1], metavar=("MIN", "MAX"),
                    help="objects per scene in every stage and in the held-out VQA (default: one)")
     p.add_argument("--seed", type=int, default=0,
@@ -193,6 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--align-train-lm", action="store_true",
                    help="also train the LM in stage A (off-spec; for LMs too small to be conditioned frozen)")
     a = p.parse_args(argv)
+    from datagen.world import WorldConfigError, check_n_objects
+
+    try:
+        check_n_objects(tuple(a.n_objects), "--n-objects")
+    except WorldConfigError as e:
+        p.error(str(e))
+    if a.clip != p.get_default("clip") and not Path(a.clip).is_file():
+        p.error(f"--clip {a.clip}: no such file (leave --clip out to use, or train, {p.get_default('clip')})")
     import sys
 
     sys.argv = sys.argv[:1]  # the stages get their own argument lists (LightningCLI warns about a mismatch)

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.errors import positive_int
+
 if TYPE_CHECKING:
     from datagen.visionzero import GameSetup
     from train.visionzero.engine import GameRecord
@@ -223,17 +225,24 @@ def plot_phases(history: list[dict], path: str | Path) -> None:
     plt.close(fig)
 
 
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False, prog="synthloop visionzero-eval", description=__doc__.split("\n")[0])
     ap.add_argument("--base", default="runs/visionzero_toy/base_policy")
     ap.add_argument("--trained", default="runs/visionzero_toy/selfplay_policy")
     ap.add_argument("--config", default="configs/visionzero/toy_selfplay.yaml")
-    ap.add_argument("--games", type=int, default=200)
+    ap.add_argument("--games", type=positive_int, default=200)
     ap.add_argument("--seed", type=int, default=4242)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=positive_int, default=64)
     ap.add_argument("--out", default="runs/visionzero_toy")
     ap.add_argument("--trained-ckpt", default=None, help="a self-play Lightning checkpoint instead of --trained")
     a = ap.parse_args(argv)
+    if not Path(a.config).is_file():
+        ap.error(f"--config {a.config}: no such file")
+    needed = [("--base", a.base)] + ([("--trained-ckpt", a.trained_ckpt)] if a.trained_ckpt else [("--trained", a.trained)])
+    for opt, path in needed:
+        if not Path(path).exists():
+            ap.error(f"{opt} {path}: no such policy (train one with `synthloop visionzero-toy`, or name its folder)")
     r = evaluate(a.base, a.trained, a.config, a.games, a.seed, a.out, a.batch, a.trained_ckpt)
     print(format_tables(r))
     print(f"eval wall time: {r['eval_s']:.0f} s; written to {a.out}/eval.md, eval.json" +

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from models.errors import positive_int
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -83,17 +85,21 @@ def _stage(title: str, log: Path, fn: Callable[[], object]) -> float:
     return dt
 
 
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False, prog="synthloop visionzero-toy", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/visionzero_toy")
     ap.add_argument("--reuse-base", action="store_true", help="skip the SFT stage when the base policy exists")
     ap.add_argument("--sft-config", default="configs/visionzero/toy_sft.yaml")
     ap.add_argument("--selfplay-config", default="configs/visionzero/toy_selfplay.yaml")
-    ap.add_argument("--games", type=int, default=200, help="held-out evaluation games")
+    ap.add_argument("--games", type=positive_int, default=200, help="held-out evaluation games")
     ap.add_argument("extra", nargs="*", help="extra arguments for the self-play run (e.g. --trainer.max_steps=60)")
     a = ap.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported (the stages import it)
     with contextlib.chdir(ROOT):  # the configs name their files relative to the repository root
+        for opt, path in (("--sft-config", a.sft_config), ("--selfplay-config", a.selfplay_config)):
+            if not Path(path).is_file():
+                ap.error(f"{opt} {path}: no such file (paths are relative to the repository root {ROOT})")
         run(a)
 
 
