@@ -158,6 +158,14 @@ class GIFTTask(pl.LightningModule):
         self.static_importance = acc.finalize(params=params)
 
     # -- training ----------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        # The modes are set here, not inherited: whatever ran before (an evaluation, a fresh build on
+        # resume, another rank's history), the student trains in train mode (BatchNorm batch statistics,
+        # as open_clip's trainer does) and the teacher stays in eval mode (fixed statistics).
+        self.model.train()
+        if self.teacher is not None:
+            self.teacher.eval()
+
     def setup(self, stage: str) -> None:
         """Refuse DeepSpeed before any engine is built (DDP is the multi-process strategy for this module).
 

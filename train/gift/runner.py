@@ -190,6 +190,7 @@ def continual(
     from train.clip.zeroshot import zero_shot_accuracy
     from train.core.checkpoints import find_resume_checkpoint, harden_trainer
     from train.core.datamodule import OnlineDataModule
+    from train.core.modes import eval_mode
     from train.core.progress import progress_callbacks
     from train.core.quiet import hygiene_callbacks
     from train.core.resilience import default_callbacks
@@ -220,10 +221,13 @@ def continual(
                           and torch.cuda.is_available() else "cpu")
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        m.eval().to(device)
-        accs = {es.name: zero_shot_accuracy(m, tokenizer, es, device, batch_size=eval_batch_size) * 100
-                for es in eval_sets}
-        m.cpu()
+        # eval mode inside, every submodule's mode restored after: the next task trains in the mode it
+        # would have had without this evaluation (only rank 0 evaluates before task 0)
+        with eval_mode(m):
+            m.to(device)
+            accs = {es.name: zero_shot_accuracy(m, tokenizer, es, device, batch_size=eval_batch_size) * 100
+                    for es in eval_sets}
+            m.cpu()
         return accs
 
     matrix = _read_matrix(out / "accuracy_matrix.json", AccuracyMatrix) if state["done"] else AccuracyMatrix(names)
@@ -247,7 +251,7 @@ def continual(
     for t in range(state["done"], last):
         src = sources[t]
         task_dir = out / f"task{t:02d}-{src.name}"
-        teacher = copy.deepcopy(model).eval() if (cd or method == "lwf") else None
+        teacher = copy.deepcopy(model).eval() if (cd or method == "lwf") else None  # GIFTTask keeps it eval
         replay = None
         if needs_replay:
             pool = build_pool(replay_base, [(s.classnames, s.templates[0]) for s in sources[:t]])
