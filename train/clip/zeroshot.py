@@ -16,7 +16,8 @@ from datagen.evalset import EvalSet
 from models.clip import zero_shot_classifier
 from train.clip import DEFAULT_EVAL_BATCH_SIZE
 
-__all__ = ["EvalSet", "build_world_eval_sets", "eval_loader", "format_accuracy_table", "zero_shot_accuracy"]
+__all__ = ["EvalSet", "build_world_eval_sets", "eval_loader", "format_accuracy_table", "zero_shot_accuracy",
+           "zero_shot_correct"]
 
 
 class _TensorPairs(Dataset):
@@ -31,15 +32,16 @@ class _TensorPairs(Dataset):
 
 
 def build_world_eval_sets(families: Sequence[str], n_per_class: int, seed: int, image_size: int,
-                          preprocess) -> list[EvalSet]:
-    """Render the held-out evaluation sets of world task families and preprocess them once."""
+                          preprocess, split: str = "test") -> list[EvalSet]:
+    """Render the held-out evaluation sets of world task families (``split``: ``"test"`` or ``"val"``)
+    and preprocess them once."""
     from datagen.world import build_eval_set, get_task_family
 
     sets = []
     for name in families:
         family = get_task_family(name)
         images, labels = build_eval_set(family, n_per_class=n_per_class, seed=seed, image_size=image_size,
-                                        split="test")
+                                        split=split)
         sets.append(EvalSet(name, list(family.classnames), list(family.templates),
                             torch.stack([preprocess(im) for im in images]), torch.tensor(labels)))
     return sets
@@ -52,15 +54,23 @@ def eval_loader(es: EvalSet, batch_size: int, rank: int = 0, world_size: int = 1
 
 
 @torch.no_grad()
+def zero_shot_correct(model: torch.nn.Module, tokenizer, es: EvalSet, device: torch.device,
+                      batch_size: int = DEFAULT_EVAL_BATCH_SIZE) -> torch.Tensor:
+    """Per item of ``es`` (in its order), whether ``model``'s top-1 zero-shot prediction is right (bool);
+    what interval estimates resample (single process)."""
+    classifier = zero_shot_classifier(model, tokenizer, es.classnames, es.templates, device)
+    out = []
+    for images, labels in eval_loader(es, batch_size):
+        feats = torch.nn.functional.normalize(model.encode_image(images.to(device)).float(), dim=-1)
+        out.append((feats @ classifier.T).argmax(-1).cpu().eq(labels))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
 def zero_shot_accuracy(model: torch.nn.Module, tokenizer, es: EvalSet, device: torch.device,
                        batch_size: int = DEFAULT_EVAL_BATCH_SIZE) -> float:
     """Top-1 zero-shot accuracy of ``model`` on one evaluation set (single process)."""
-    classifier = zero_shot_classifier(model, tokenizer, es.classnames, es.templates, device)
-    correct = 0
-    for images, labels in eval_loader(es, batch_size):
-        feats = torch.nn.functional.normalize(model.encode_image(images.to(device)).float(), dim=-1)
-        correct += int((feats @ classifier.T).argmax(-1).cpu().eq(labels).sum())
-    return correct / max(len(es.labels), 1)
+    correct = zero_shot_correct(model, tokenizer, es, device, batch_size)
+    return float(correct.sum()) / max(len(es.labels), 1)
 
 
 def format_accuracy_table(acc: dict[str, float], title: str = "zero-shot accuracy") -> str:
