@@ -16,8 +16,12 @@ COMMON = dict(tasks=["shape", "digits"], method="gift", model_name="synthloop-mi
               eval_per_class=3, checkpoint_every=2, seed=3)
 
 
+def _matrix_file(path):
+    return np.array(json.loads(path.read_text())["matrix"], dtype=float)
+
+
 def _matrix(out):
-    return np.array(json.loads((out / "accuracy_matrix.json").read_text())["matrix"], dtype=float)
+    return _matrix_file(out / "accuracy_matrix.json")
 
 
 @pytest.mark.slow
@@ -27,8 +31,15 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     assert set(metrics) == {"transfer", "avg", "last", "bwt"}
     a = _matrix(full)
     assert a.shape == (2, 2) and not np.isnan(a).any()
-    for f in ("accuracy_matrix.csv", "accuracy_matrix.png", "zeroshot.json", "task00-shape/model.pt"):
+    for f in ("accuracy_matrix.csv", "accuracy_matrix.png", "zeroshot.json", "task00-shape/model.pt",
+              "val_accuracy_matrix.json", "zeroshot_val.json", "items/zeroshot.json", "items/after_task01.json"):
         assert (full / f).exists(), f
+    items = json.loads((full / "items" / "after_task01.json").read_text())
+    assert set(items) == {"test", "val"} and set(items["test"]) == set(items["val"]) == {"shape", "digits"}
+    for name, row in zip(("shape", "digits"), a[1]):  # the matrix row is the mean of the per-item record
+        assert abs(100 * items["test"][name].count("1") / len(items["test"][name]) - row) < 1e-9
+    v = _matrix_file(full / "val_accuracy_matrix.json")
+    assert v.shape == (2, 2) and not np.isnan(v).any()
     assert not (full / "task00-shape" / "checkpoints").exists()  # a finished task keeps model.pt only
 
     # crash in the middle of task 1 (after its step-2 checkpoint), then restart with the same call

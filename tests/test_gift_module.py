@@ -87,18 +87,26 @@ def test_finetune_gradient_is_task_loss_only(bundle):
                               r if r is not None else torch.zeros_like(p), atol=1e-6), n
 
 
-def test_ewc_importance_is_estimated_once(bundle):
+def test_ewc_importance_is_a_mean_normalised_fisher_of_the_previous_task(bundle):
+    from datagen.world import TaskSamples
+    from train.gift.fisher import fisher_importance
+
     student, teacher = _models(bundle)
-    module = GIFTTask(student, teacher, bundle.tokenizer, PROMPTS, method="ewc", ewc_batches=2)
-    module.accumulate_gradients(_batch())
-    first = {k: v.clone() for k, v in module.static_importance.items()}
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.05)
-    module.accumulate_gradients(_batch())
-    assert all(torch.equal(first[k], module.static_importance[k]) for k in first)
-    means = [v.mean().item() for k, v in first.items() if v.numel() > 1 and "logit_scale" not in k]
+    task = TaskSamples("shape", image_size=32, split="train")
+    prompts = [f"a photo of a {c}." for c in ("cube", "sphere", "cylinder")]
+    student.train()
+    kw = dict(n_samples=6, seed=1, scale=16.7)
+    f1 = fisher_importance(student, bundle.tokenizer, task, prompts, bundle.preprocess_val, **kw)
+    assert student.training and all(m.training for m in student.modules())  # modes restored
+    f2 = fisher_importance(student, bundle.tokenizer, task, prompts, bundle.preprocess_val, **kw)
+    assert f1.keys() == f2.keys() and all(torch.equal(f1[k], f2[k]) for k in f1)  # a function of (model, seed)
+    means = [v.mean().item() for k, v in f1.items() if v.numel() > 1 and "logit_scale" not in k]
     assert means and all(abs(m - 1) < 1e-4 or m < 1e-5 for m in means)
+    # the module uses it as given (no replay needed), and adds no penalty without one (task 0)
+    module = GIFTTask(student, teacher, bundle.tokenizer, PROMPTS, method="ewc", importance=f1)
+    assert module.static_importance is f1
+    module.accumulate_gradients(_batch())
+    assert GIFTTask(student, teacher, bundle.tokenizer, PROMPTS, method="ewc").static_importance is None
 
 
 def test_methods_needing_a_teacher_refuse_none(bundle):

@@ -392,3 +392,27 @@ def test_diffusers_t2i_checks(tiny_sd, tmp_path):
     assert b.dtype == "fp32" and b._pipe is None  # config/hash without loading weights
     c = DiffusersT2I(model=tiny_sd, device="cpu", dtype="fp32", scheduler="dpm", steps=25)
     assert b.config() != c.config() and b.config()["model_fingerprint"] == c.config()["model_fingerprint"]
+
+
+def test_styled_backend_draws_the_prompt_in_another_style():
+    from datagen.gift import StyledWorldT2I, backend_from_config
+
+    styled, plain = backend_from_config({"backend": "world_styled", "image_size": 32}), WorldT2I(32)
+    assert isinstance(styled, StyledWorldT2I) and styled.config()["style_version"] >= 1
+    prompts = ["a photo of a red cube.", 'a photo of the number: "7".', "a photo of a cube to the left of a sphere.",
+               "a photo of three objects."]
+    images, metas = styled.generate_with_meta(prompts, [1, 2, 3, 4])
+    again = styled.generate(prompts, [1, 2, 3, 4])
+    assert [im.tobytes() for im in images] == [im.tobytes() for im in again]  # a function of (prompt, seed)
+    assert all(im.size == (32, 32) for im in images)
+    # the evaluation look is a near-white background; the styled one is dark
+    corners = [np.asarray(im, dtype=float)[:3, :3].mean() for im in images]
+    plain_corners = [np.asarray(im, dtype=float)[:3, :3].mean() for im in plain.generate(prompts, [1, 2, 3, 4])]
+    assert max(corners) < 140 < min(plain_corners)
+    assert metas[1] == {"family": "digits", "label": 7, "font": True}  # not an image of the digits task's source
+    objects = metas[2]["scene"]["objects"]
+    left, right = sorted(objects, key=lambda o: o["x"])
+    assert (left["shape"], right["shape"]) == ("cube", "sphere")
+    assert len(metas[3]["scene"]["objects"]) == 3
+    with pytest.raises(ValueError, match="cannot render"):
+        styled.generate(["a watercolour of a dog."], [0])

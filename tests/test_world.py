@@ -325,18 +325,20 @@ def test_world_family_splits_differ():
     fam = get_task_family("shape")
     a = fam.render_label(rng(1), 0, 64, "train")
     b = fam.render_label(rng(1), 0, 64, "test")
-    assert a.tobytes() != b.tobytes()
+    c = fam.render_label(rng(1), 0, 64, "val")
+    assert a.tobytes() != b.tobytes() and c.tobytes() not in (a.tobytes(), b.tobytes())
     with pytest.raises(ValueError):
-        fam.render_label(rng(1), 0, 64, "val")
+        fam.render_label(rng(1), 0, 64, "validation")
 
 
 def test_digits_are_sklearn_images_with_disjoint_splits():
     images, targets, splits = digits_data()
-    train, test = set(splits["train"].tolist()), set(splits["test"].tolist())
-    assert not train & test and len(train | test) == 1797 and len(test) == round(0.2 * 1797)
+    train, val, test = (set(splits[k].tolist()) for k in ("train", "val", "test"))
+    assert not train & test and not train & val and not val & test and len(train | val | test) == 1797
+    assert len(val) == 359 and len(test) == 360  # val = the old 80/20 test fifth
     fam = get_task_family("digits")
     r = rng(3)
-    for split, pool in (("train", train), ("test", test)):
+    for split, pool in (("train", train), ("val", val), ("test", test)):
         for _ in range(40):
             im, label, meta = fam.sample_with_meta(r, 64, split)
             idx = meta["digit_index"]

@@ -15,10 +15,11 @@ from .prompts import (IMAGENET_TEMPLATE, PromptPool, build_pool, imagenet_classn
                       world_base_prompts, world_prompt_spec)
 from .replay import (ReplayDataset, epoch_seed, is_complete, item_seed, make_replay_set, part_name,
                      replay_set_dir, replay_set_hash, wait_complete)
+from .styled import StyledWorldT2I
 
 __all__ = [
     "DiffusersT2I", "IMAGENET_TEMPLATE", "PromptPool", "ReplayDataset", "TextToImage", "WorldT2I",
     "backend_from_config", "build_pool", "epoch_seed", "imagenet_classnames", "is_black", "is_complete",
     "item_seed", "make_replay_set", "part_name", "pool_summary", "replay_set_dir", "replay_set_hash",
-    "sd15_sized_random_pipeline", "tiny_diffusers_pipeline", "wait_complete", "world_base_prompts", "world_prompt_spec",
+    "StyledWorldT2I", "sd15_sized_random_pipeline", "tiny_diffusers_pipeline", "wait_complete", "world_base_prompts", "world_prompt_spec",
 ]

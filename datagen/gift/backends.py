@@ -324,12 +324,16 @@ def sd15_sized_random_pipeline(out_dir: str | os.PathLike, seed: int = 0) -> str
 
 
 def backend_from_config(cfg: dict[str, Any]) -> TextToImage:
-    """Build a backend from ``{"backend": "world"|"diffusers", ...kwargs}`` (e.g. from a run config)."""
+    """Build a backend from ``{"backend": "world"|"world_styled"|"diffusers", ...kwargs}`` (e.g. from a run config)."""
     cfg = dict(cfg)
     kind = cfg.pop("backend")
     cfg.pop("model_fingerprint", None)
     if kind == "world":
         return WorldT2I(**cfg)
+    if kind == "world_styled":
+        from .styled import StyledWorldT2I
+
+        return StyledWorldT2I(**cfg)
     if kind == "diffusers":
         return DiffusersT2I(**cfg)
-    raise ValueError(f"unknown backend {kind!r}; valid: 'world', 'diffusers'")
+    raise ValueError(f"unknown backend {kind!r}; valid: 'world', 'world_styled', 'diffusers'")

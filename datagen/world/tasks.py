@@ -16,9 +16,9 @@ order (cube|sphere vs sphere|cube differ only in order). Captions state such rel
 
 Held-out splits: for the world families an image is drawn from a child generator seeded by
 ``SeedSequence([split_key, <4 words from the caller's rng>])`` with a different ``split_key`` for
-train and test, so train and test streams never share random states (and with continuous positions,
-never share scenes in practice). Digits split the 1,797 sklearn images 80/20 by a fixed permutation:
-train and test images are disjoint.
+train and test, so train, val and test streams never share random states (and with continuous positions,
+never share scenes in practice). Digits split the 1,797 sklearn images 60/20/20 by a fixed permutation:
+train, val and test images are disjoint.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from .language import count_phrase, object_phrase, relation_phrase
 from .render import check_size, render_scene
 from .scene import ATTRIBUTE_VALUES, SHAPES, Scene, WorldConfigError, sample_scene
 
-SPLITS = ("train", "test")
-_SPLIT_KEYS = {"train": 0x7A1, "test": 0x7E5}  # salts of the per-split seed spaces
+SPLITS = ("train", "val", "test")
+_SPLIT_KEYS = {"train": 0x7A1, "val": 0x7A5, "test": 0x7E5}  # salts of the per-split seed spaces
 RELATION_DX = 0.2
 OBJECT_TEMPLATES = ("a photo of a {}.", "a rendering of a {}.", "a picture of a {}.", "an image of a {}.",
                     "a photo of the {}.")
@@ -161,15 +161,19 @@ class RelationFamily(TaskFamily):
 
 @functools.lru_cache(maxsize=1)
 def digits_data() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """sklearn's digits: ``(images (1797, 8, 8) in 0..16, labels, {"train": idx, "test": idx})``.
+    """sklearn's digits: ``(images (1797, 8, 8) in 0..16, labels, {"train": idx, "val": idx, "test": idx})``.
 
-    The split is 80/20 over a fixed permutation (seed 0), so it never changes between runs."""
+    The split is 60/20/20 over a fixed permutation (seed 0), so it never changes between runs. Until
+    2026-12-03 it was 80/20 train/test; the old test fifth (``perm[80%:]``), on which earlier toy settings
+    were chosen, is now ``val``, and ``test`` is a fifth of the old training part that no evaluation had
+    looked at (``docs/results/gift.md``)."""
     from sklearn.datasets import load_digits  # bundled with sklearn: no download
 
     d = load_digits()
     perm = np.random.default_rng(0).permutation(len(d.target))
-    cut = int(round(0.8 * len(perm)))
-    return d.images.astype(np.float32), d.target.astype(np.int64), {"train": perm[:cut], "test": perm[cut:]}
+    a, b = int(round(0.6 * len(perm))), int(round(0.8 * len(perm)))
+    return (d.images.astype(np.float32), d.target.astype(np.int64),
+            {"train": perm[:a], "test": perm[a:b], "val": perm[b:]})
 
 
 DIGIT_SCALE = 0.8  # the digit's 8x8 grid fills the central 80% of the image (sklearn's ink reaches the edges)

@@ -9,8 +9,9 @@ Per step (``docs/specs/gift.md``), in this gradient order:
    gradients (no zeroing in between); one AdamW step.
 
 Methods (``method``): ``finetune`` (task loss only), ``l2`` (F = 1), ``lwf`` (distil the teacher on the
-task images), ``ewc`` (F from synthetic-branch gradients at the task start, then fixed), and GIFT's
-ablations ``cd``, ``cd_ita``, ``gift`` (= CD + ITA + AWC).
+task images), ``ewc`` (F: a diagonal Fisher of the previous task from many of its images, computed by
+the runner before the task, then fixed: :mod:`train.gift.fisher`), and GIFT's ablations ``cd``, ``cd_ita``,
+``gift`` (= CD + ITA + AWC).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from train.core.optim import build_optimizer
 from train.core.resilience import all_finite, record_step
 from train.core.strategies import is_deepspeed
-from train.gift.losses import (EwcFisherAccumulator, awc_importance, awc_penalty, clip_logits, contrastive_distillation,
+from train.gift.losses import (awc_importance, awc_penalty, clip_logits, contrastive_distillation,
                         image_text_alignment, l2_importance, lwf_distillation, task_loss)
 
 METHODS = {
@@ -53,7 +54,7 @@ def method_parts(method: str) -> tuple[bool, bool, str | None, bool]:
 def uses_replay(method: str) -> bool:
     """Whether ``method`` needs a synthetic replay set (CD, ITA, or an importance from replay gradients)."""
     cd, ita, consolidation, _ = method_parts(method)
-    return cd or ita or consolidation in ("awc", "ewc")
+    return cd or ita or consolidation == "awc"
 
 
 class GIFTTask(pl.LightningModule):
@@ -74,7 +75,8 @@ class GIFTTask(pl.LightningModule):
         label_smoothing: task loss and ITA (spec 0.2).
         logit_scale: the fixed CLIP temperature of every loss (spec: 100, OpenAI CLIP's own learned value;
             the continual runner's ``logit_scale: model`` passes the starting checkpoint's value instead).
-        ewc_batches: synthetic batches used to estimate the static EWC importance at the task start.
+        importance: ``ewc``: the fixed importance F (:func:`train.gift.fisher.fisher_importance` of the
+            previous task); None before the first task's end (no previous task: no penalty).
         ita_targets: ``"same_prompt"`` (spec: ITA's positives are the pairs with the same prompt) or
             ``"describes"`` (also every other prompt in the batch that truthfully describes the image;
             needs replay sets that record it, i.e. world-rendered ones; a toy diagnostic, not in the spec).
@@ -84,7 +86,8 @@ class GIFTTask(pl.LightningModule):
                  method: str = "gift", lr: float = 1e-5, warmup_steps: int = 100, total_steps: int = 1000,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), temperature: float = 2.0,
                  ita_weight: float = 0.25, awc_lambda: float = 1.0, label_smoothing: float = 0.2,
-                 logit_scale: float = 100.0, ewc_batches: int = 4, ita_targets: str = "same_prompt") -> None:
+                 logit_scale: float = 100.0, importance: dict[str, torch.Tensor] | None = None,
+                 ita_targets: str = "same_prompt") -> None:
         super().__init__()
         if ita_targets not in ("same_prompt", "describes"):
             raise ValueError(f"ita_targets must be 'same_prompt' or 'describes', got {ita_targets!r}")
@@ -104,10 +107,9 @@ class GIFTTask(pl.LightningModule):
         self.weight_decay, self.betas = weight_decay, tuple(betas)
         self.temperature, self.ita_weight, self.awc_lambda = temperature, ita_weight, awc_lambda
         self.label_smoothing, self.scale = label_smoothing, logit_scale
-        self.ewc_batches = ewc_batches
         # anchor theta_{t-1}: the student's weights at the task start (= the teacher's)
         self.anchor = {n: p.detach().clone() for n, p in student.named_parameters()} if self.consolidation else {}
-        self.static_importance: dict[str, torch.Tensor] | None = None
+        self.static_importance: dict[str, torch.Tensor] | None = importance if self.consolidation == "ewc" else None
         student.logit_scale.requires_grad_(False)  # spec: frozen; the scale is 100 everywhere
         self.nonfinite_steps = 0
 
@@ -127,13 +129,10 @@ class GIFTTask(pl.LightningModule):
             cd = contrastive_distillation(student, teacher, self.temperature)
             self.log("train/cd", cd.detach())
             loss = loss + cd
-        if self.ita or self.consolidation == "ewc":
+        if self.ita:
             ita = image_text_alignment(student, batch["prompt_id"], self.label_smoothing, self._also_true(batch))
             self.log("train/ita", ita.detach())
-            if self.ita:
-                loss = loss + self.ita_weight * ita
-            elif self.static_importance is None:
-                loss = loss + ita  # only used to estimate the static EWC importance
+            loss = loss + self.ita_weight * ita
         return loss
 
     def _also_true(self, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -145,17 +144,6 @@ class GIFTTask(pl.LightningModule):
             raise ValueError("ita_targets='describes' needs replay sets that record which prompts describe each "
                              "image (world-rendered sets written by this version); this batch has none")
         return hot.bool()[:, batch["prompt_id"].to(hot.device)]
-
-    def _estimate_ewc(self, batch: dict[str, Any]) -> None:
-        """Static EWC: importance from the previous model's synthetic-branch gradients at the task start."""
-        acc = EwcFisherAccumulator()
-        params = self._named_trainable()
-        for _ in range(self.ewc_batches):  # the same first batch, repeated, keeps it a pure function of the data
-            self.model.zero_grad(set_to_none=True)
-            self._synthetic_loss(batch).backward()
-            acc.add({n: p.grad for n, p in params.items()})
-        self.model.zero_grad(set_to_none=True)
-        self.static_importance = acc.finalize(params=params)
 
     # -- training ----------------------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -193,8 +181,6 @@ class GIFTTask(pl.LightningModule):
         A non-finite loss leaves the gradients zeroed and returns the non-finite value.
         """
         params = self._named_trainable()
-        if self.consolidation == "ewc" and self.static_importance is None:
-            self._estimate_ewc(batch)
         self.model.zero_grad(set_to_none=True)
         syn = None
         importance = None

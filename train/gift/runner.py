@@ -75,15 +75,18 @@ class TaskSource:
     def first_template_prompts(self) -> list[str]:
         return [self.templates[0].format(c) for c in self.classnames]
 
-    def eval_set(self, preprocess, image_size: int, per_class: int, seed: int):
-        """The task's held-out :class:`datagen.evalset.EvalSet` (preprocessed once)."""
+    def eval_set(self, preprocess, image_size: int, per_class: int, seed: int, split: str = "test"):
+        """The task's held-out :class:`datagen.evalset.EvalSet` of ``split`` ("test" or "val"; preprocessed
+        once). Converted real datasets have a test split only (``split="val"`` gives None)."""
         if self.root is not None:
+            if split != "test":
+                return None
             from datagen.gift.folders import folder_eval_set
 
             return folder_eval_set(self.root, self.name, preprocess, max_per_class=per_class or None, seed=seed)
         from train.clip.zeroshot import build_world_eval_sets
 
-        return build_world_eval_sets([self.name], per_class, seed, image_size, preprocess)[0]
+        return build_world_eval_sets([self.name], per_class, seed, image_size, preprocess, split=split)[0]
 
 
 def task_stream_seed(seed: int, t: int) -> int:
@@ -126,6 +129,7 @@ def continual(
     seed: int = 42,
     eval_per_class: int = 40,
     eval_seed: int = 1234,
+    fisher_samples: int = 256,
     eval_batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
     folder_root: str | None = None,
     num_workers: int = 0,
@@ -159,7 +163,9 @@ def continual(
         replay_backend: {"backend": "world", "image_size": 32} or {"backend": "diffusers", "model": <path>, ...}.
         replay_cache: where content-hashed replay sets live (shared across runs).
         regenerate_each_epoch: a fresh replay set per pass over it (not in the reference runs).
-        eval_per_class, eval_seed: held-out images per class of each task's evaluation set, and its seed.
+        eval_per_class, eval_seed: held-out images per class of each task's evaluation sets (test and
+            validation, each from its own split), and their seed.
+        fisher_samples: ``ewc``: images of the previous task whose Fisher is the importance (train.gift.fisher).
         eval_batch_size: images per batch of the zero-shot evaluation after each task (inference only).
         checkpoint_every, keep_task_checkpoints: Lightning checkpoints within a task (for a resume
             mid-task); they are deleted once the task is finished and its ``model.pt`` written, unless kept.
@@ -187,7 +193,7 @@ def continual(
     from datagen.gift import ReplayDataset, backend_from_config, build_pool, make_replay_set, wait_complete
     from datagen.gift.task_stream import ContinualStream, ContinualTransform
     from models.clip import save_open_clip_checkpoint
-    from train.clip.zeroshot import zero_shot_accuracy
+    from train.clip.zeroshot import zero_shot_correct
     from train.core.checkpoints import find_resume_checkpoint, harden_trainer
     from train.core.datamodule import OnlineDataModule
     from train.core.modes import eval_mode
@@ -195,6 +201,7 @@ def continual(
     from train.core.quiet import hygiene_callbacks
     from train.core.resilience import default_callbacks
     from train.core.strategies import resolve_strategy
+    from train.gift.fisher import fisher_importance
     from train.gift.metrics import AccuracyMatrix, cl_metrics, format_matrix_table
     from train.gift.module import GIFTTask, logit_scale_is_fixed, method_parts, uses_replay
 
@@ -216,23 +223,42 @@ def continual(
     logit_scale_is_fixed(model, float(logit_scale))
     sources = [TaskSource(t, bundle.image_size, folder_root) for t in tasks]
     eval_sets = [s.eval_set(preprocess, bundle.image_size, eval_per_class, eval_seed) for s in sources]
+    val_sets = [s.eval_set(preprocess, bundle.image_size, eval_per_class, eval_seed, split="val") for s in sources]
+    if any(v is None for v in val_sets):
+        log.info("no validation matrix: converted datasets (folder:...) have a test split only")
+        val_sets = []
 
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if accelerator in ("gpu", "cuda")
                           and torch.cuda.is_available() else "cpu")
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        # eval mode inside, every submodule's mode restored after: the next task trains in the mode it
-        # would have had without this evaluation (only rank 0 evaluates before task 0)
+    def evaluate(m: torch.nn.Module, items_path: Path | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        """Test and validation accuracies (%) per task; per-item correctness to ``items_path`` (rank 0).
+
+        Eval mode inside, every submodule's mode restored after: the next task trains in the mode it
+        would have had without this evaluation (only rank 0 evaluates before task 0)."""
+        items: dict[str, dict[str, str]] = {"test": {}, "val": {}}
         with eval_mode(m):
             m.to(device)
-            accs = {es.name: zero_shot_accuracy(m, tokenizer, es, device, batch_size=eval_batch_size) * 100
-                    for es in eval_sets}
+            for split, sets in (("test", eval_sets), ("val", val_sets)):
+                for es in sets:
+                    ok = zero_shot_correct(m, tokenizer, es, device, batch_size=eval_batch_size)
+                    items[split][es.name] = "".join("1" if v else "0" for v in ok.tolist())
             m.cpu()
-        return accs
+        if items_path is not None and rank == 0:
+            atomic_write_json(items_path, items, sort_keys=False)
+
+        def acc(split: str) -> dict[str, float]:
+            return {k: 100.0 * v.count("1") / max(len(v), 1) for k, v in items[split].items()}
+
+        return acc("test"), acc("val")
 
     matrix = _read_matrix(out / "accuracy_matrix.json", AccuracyMatrix) if state["done"] else AccuracyMatrix(names)
+    val_matrix = (_read_matrix(out / "val_accuracy_matrix.json", AccuracyMatrix) if state["done"]
+                  and (out / "val_accuracy_matrix.json").exists() else AccuracyMatrix(names)) if val_sets else None
+    (out / "items").mkdir(exist_ok=True)
     if not (out / "zeroshot.json").exists() and rank == 0:
-        zs = evaluate(model)
+        zs, zs_val = evaluate(model, out / "items" / "zeroshot.json")
+        atomic_write_json(out / "zeroshot_val.json", zs_val, sort_keys=False)
         atomic_write_json(out / "zeroshot.json", zs, sort_keys=False)
         log.info("zero-shot before training: %s", zs)
     if state["done"]:
@@ -252,6 +278,14 @@ def continual(
         src = sources[t]
         task_dir = out / f"task{t:02d}-{src.name}"
         teacher = copy.deepcopy(model).eval() if (cd or method == "lwf") else None  # GIFTTask keeps it eval
+        importance = None
+        if method == "ewc" and t > 0:  # the Fisher of the task just finished, at its final weights
+            prev_src = sources[t - 1]
+            importance = fisher_importance(model, tokenizer, prev_src.train, prev_src.first_template_prompts,
+                                           preprocess, n_samples=fisher_samples, seed=seed + t,
+                                           scale=float(logit_scale), device=device)
+            log.info("task %d: EWC importance from the Fisher of %d %s training images", t, fisher_samples,
+                     prev_src.name)
         replay = None
         if needs_replay:
             pool = build_pool(replay_base, [(s.classnames, s.templates[0]) for s in sources[:t]])
@@ -269,7 +303,8 @@ def continual(
         module = GIFTTask(model, teacher, tokenizer, src.first_template_prompts, method=method,
                           lr=task_lr.get(src.name, lr), warmup_steps=warmup_steps, total_steps=steps_per_task,
                           temperature=temperature, ita_weight=ita_weight, awc_lambda=awc_lambda,
-                          label_smoothing=label_smoothing, ita_targets=ita_targets, logit_scale=float(logit_scale))
+                          label_smoothing=label_smoothing, ita_targets=ita_targets, logit_scale=float(logit_scale),
+                          importance=importance)
         dm = OnlineDataModule(generator=ContinualStream(src.train, replay, seed=seed + t), batch_size=batch_size,
                               num_workers=num_workers, seed=task_stream_seed(seed, t),
                               transform=ContinualTransform(preprocess))
@@ -290,12 +325,16 @@ def continual(
         resume = find_resume_checkpoint(task_dir / "checkpoints")  # the resume rule: highest step, torn skipped
         trainer.fit(module, datamodule=dm, ckpt_path=resume)
         model = module.model
-        accs = evaluate(model)
+        accs, val_accs = evaluate(model, out / "items" / f"after_task{t:02d}.json")
         matrix.set_row(t, accs)
+        if val_matrix is not None:
+            val_matrix.set_row(t, val_accs)
         if rank == 0:
             save_open_clip_checkpoint(model, task_dir / "model.pt", model_name, task=t, task_name=src.name)
             matrix.to_json(out / "accuracy_matrix.json")
             matrix.to_csv(out / "accuracy_matrix.csv")
+            if val_matrix is not None:
+                val_matrix.to_json(out / "val_accuracy_matrix.json")
             matrix.heatmap_png(out / "accuracy_matrix.png", title=f"{method}: accuracy matrix")
             atomic_write_json(state_path, {"done": t + 1, "tasks": names, "method": method, "settings": settings},
                               sort_keys=False)

@@ -21,7 +21,7 @@ class ContinualConfigError(UserError, ValueError):
 
 REPLAY_BASES = ("world", "world_full", "imagenet")
 ITA_TARGETS = ("same_prompt", "describes")
-REPLAY_BACKENDS = ("world", "diffusers")
+REPLAY_BACKENDS = ("world", "world_styled", "diffusers")
 #: The settings recorded in ``state.json`` that a resumed run must share with the run that started the
 #: directory (a different value would silently mix two experiments in one accuracy matrix).
 RECORDED = ("model_name", "steps_per_task", "batch_size", "lr", "task_lr", "warmup_steps", "temperature",
