@@ -10,7 +10,9 @@ Each method runs ``synthloop continual`` with the config (only ``method``, ``out
 Transfer / Avg / Last / BWT per method (plus the starting model's zero-shot row) and writes
 ``<root>/summary.{md,json}``. With ``--seeds`` each seed runs in ``<root>/seed<N>/<method>`` and the table
 gives mean +- sample sd over the seeds (the evaluation sets are the same for every seed: only training
-varies).
+varies). Then ``<root>/intervals.md``: validation and test tables with 95% intervals (bootstrap over the
+evaluation items and the seeds, ``train.gift.intervals``) and the paired differences of the comparisons the
+docs make; choices are made on the validation table, the test table is reported once.
 """
 
 from __future__ import annotations
@@ -81,6 +83,53 @@ def main() -> None:
     per_seed = {m: dict(zip(map(str, seeds), rs)) if m != "zero-shot" else rs[0] for m, rs in runs.items()}
     (root / "summary.json").write_text(json.dumps({"sequence": names, "seeds": seeds, "metrics": per_seed,
                                                    "wall_s": times}, indent=2))
+    report = interval_report(root, a.methods, seeds, seed_root)
+    print("\n" + report)
+    (root / "intervals.md").write_text(report + "\n")
+
+
+COMPARISONS = [("gift", "finetune"), ("cd_ita", "cd"), ("gift", "cd_ita"), ("cd", "finetune"), ("gift", "ewc"),
+               ("gift", "l2"), ("gift", "lwf")]
+
+
+def interval_report(root: Path, methods: list[str], seeds: list[int], seed_root, n_boot: int = 2000) -> str:
+    """Validation and test tables with 95% intervals (train.gift.intervals: items x seeds bootstrap), and
+    the paired differences of the comparisons the docs make."""
+    from train.gift.intervals import METRICS, bootstrap, interval, point_estimates, read_items, read_zeroshot_items
+
+    out = []
+    for split in ("val", "test"):
+        runs = {}
+        for m in methods:
+            runs[m] = [read_items(seed_root(s) / m, split)[1] for s in seeds]
+        zs = read_zeroshot_items(seed_root(seeds[0]) / methods[0], split)
+        T = len(zs)
+        runs = {"zero-shot": [[[zs[j] for j in range(T)] for _ in range(T)]] * len(seeds), **runs}
+        reps, points = bootstrap(runs, n_boot=n_boot), point_estimates(runs)
+        label = "validation" if split == "val" else "test"
+        out += [f"### {label} ({len(seeds)} seeds {seeds}; 95% intervals: bootstrap over evaluation items and "
+                f"seeds, {n_boot} replicates)", "", "| method | " + " | ".join(k.capitalize() if k != "bwt" else "BWT"
+                                                                           for k in METRICS) + " |",
+                "|---|" + "---|" * len(METRICS)]
+        for m in runs:
+            cells = [f"{points[m][k]:.1f} [{interval(reps[m][k])[0]:.1f}, {interval(reps[m][k])[1]:.1f}]"
+                     for k in METRICS]
+            out.append(f"| {m} | " + " | ".join(cells) + " |")
+        out += ["", f"Paired differences ({label}); **bold** where the 95% interval excludes 0:", "",
+                "| difference | " + " | ".join(k.capitalize() if k != "bwt" else "BWT" for k in METRICS) + " |",
+                "|---|" + "---|" * len(METRICS)]
+        for a_, b_ in COMPARISONS:
+            if a_ not in runs or b_ not in runs:
+                continue
+            cells = []
+            for k in METRICS:
+                d = reps[a_][k] - reps[b_][k]
+                lo, hi = interval(d)
+                text = f"{points[a_][k] - points[b_][k]:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+                cells.append(f"**{text}**" if lo > 0 or hi < 0 else text)
+            out.append(f"| {a_} − {b_} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
