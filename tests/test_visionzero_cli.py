@@ -82,6 +82,9 @@ def test_toy_chains_the_stages_in_process(tmp_path, monkeypatch):
 
     (tmp_path / "runs/quickstart").mkdir(parents=True)
     (tmp_path / "runs/quickstart/clip_final.pt").write_text("stand-in")
+    (tmp_path / "configs/visionzero").mkdir(parents=True)
+    for name in ("toy_sft.yaml", "toy_selfplay.yaml"):  # the runner checks that its stage configs exist
+        (tmp_path / "configs/visionzero" / name).write_text("stand-in")
     monkeypatch.setattr(toy, "ROOT", tmp_path)
     calls: list = []
 

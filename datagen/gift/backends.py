@@ -30,6 +30,8 @@ from datagen.world import get_task_family, render_scene, sample_scene
 from datagen.world.scene import Scene
 
 from .prompts import world_prompt_spec
+from .styled import StyledWorldT2I
+from .t2i import TextToImage
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +43,6 @@ DTYPES = ("fp16", "bf16", "fp32")
 def is_black(image: Image.Image) -> bool:
     """Whether every pixel is 0 (what the SD safety checker returns for a flagged image)."""
     return not np.asarray(image).any()
-
-
-class TextToImage:
-    """Interface: ``generate(prompts, seeds) -> list[PIL.Image | None]`` plus ``name`` and ``config()``."""
-
-    name = "t2i"
-
-    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image | None]:
-        raise NotImplementedError
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able settings that determine the output (hashed into replay-set keys)."""
-        return {"backend": self.name}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,8 +320,6 @@ def backend_from_config(cfg: dict[str, Any]) -> TextToImage:
     if kind == "world":
         return WorldT2I(**cfg)
     if kind == "world_styled":
-        from .styled import StyledWorldT2I
-
         return StyledWorldT2I(**cfg)
     if kind == "diffusers":
         return DiffusersT2I(**cfg)

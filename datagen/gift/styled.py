@@ -32,8 +32,8 @@ from datagen.world import get_task_family, render_scene, sample_scene
 from datagen.world.render import BACKGROUND
 from datagen.world.scene import Scene
 
-from .backends import TextToImage
 from .prompts import world_prompt_spec
+from .t2i import TextToImage
 
 STYLE_VERSION = 1  # hashed into replay-set keys: bump when the look changes
 
