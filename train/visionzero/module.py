@@ -87,7 +87,8 @@ class VisionZeroSelfPlay(pl.LightningModule):
             since π_ref must stay the initial policy).
         gradient_checkpointing: enable gradient checkpointing in the LM.
         log_transcripts_every, n_transcripts: full game transcripts as text (TensorBoard + transcripts.txt).
-        export_path: where the trained policy is written at the end (``save_pretrained``).
+        export_path: where the trained policy is written at the end (``save_pretrained``; ``hf_vlm``: the
+            model with any LoRA adapters merged + the processor, loadable with ``AutoModelForImageTextToText``).
         num_threads: ``torch.set_num_threads`` (CPU runs).
         game_log: a JSONL file per rank (``{game_log}.rank{r}``): which games each step played on which
             rank, with turn / vote counts and the RAE + phase state after the step (placement checks).
@@ -422,7 +423,9 @@ class VisionZeroSelfPlay(pl.LightningModule):
                             "(see docs/visionzero.md)")
                 return
             export = Path(self.hparams.export_path)
-            if hasattr(self.vlm, "save_pretrained"):
+            if hasattr(self.policy, "save_pretrained"):  # hf_vlm: model (LoRA merged) + processor
+                self.policy.save_pretrained(export)
+            elif hasattr(self.vlm, "save_pretrained"):
                 self.vlm.save_pretrained(export)
             (export / "phase_history.json").write_text(json.dumps(hist, indent=1))
             self.print(f"trained policy: {export}")

@@ -218,9 +218,12 @@ class HFVLMPolicy:
 
     Generation: ``processor(text=chat prompts, images=..., padding=True)`` left-padded, ``model.generate``
     with the KV cache, new tokens sliced off. Log-probs: the prompts are processed again (same pixels,
-    same tokens) and the responses appended right-padded; the model computes its own (m)RoPE positions
-    from the attention mask, so no position ids are passed. Not runnable on the CPU machine of the toy
-    recipe (no weights); see ``configs/visionzero/qwen25vl_zero3.yaml`` and ``docs/visionzero.md``.
+    same tokens) and the responses appended right-padded; the processor's per-token outputs (Qwen's
+    ``mm_token_type_ids``) are extended over the response (:func:`extend_per_token_inputs`) and the
+    model computes its own (m)RoPE positions from them and the attention mask -- the same positions as
+    in ``generate`` (``tests/test_hf_visionzero.py`` checks it on a tiny random Qwen2.5-VL built by
+    :func:`models.tiny_hf.build_tiny_qwen25_vl`); see ``configs/visionzero/qwen25vl_zero3.yaml`` and
+    ``docs/visionzero.md``.
     """
 
     def __init__(self, model: torch.nn.Module, processor: Any) -> None:
@@ -232,6 +235,11 @@ class HFVLMPolicy:
         eos = getattr(model.generation_config, "eos_token_id", None) or self.tokenizer.eos_token_id
         self.eos_ids = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
         self.vlm = model
+        # a response never holds an image / video placeholder: the log-prob forward would count it as a
+        # visual token (a mismatch with the image features) and give it a multimodal position
+        cfg = model.config
+        self.suppress_ids = sorted({int(t) for t in (getattr(cfg, "image_token_id", None),
+                                                     getattr(cfg, "video_token_id", None)) if t is not None})
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: str | torch.dtype | None = "bfloat16",
@@ -278,7 +286,7 @@ class HFVLMPolicy:
                 ims = list(images[i:i + bs])
                 enc = self._process(texts, ims)
                 seq = self.model.generate(**enc, pad_token_id=self.tokenizer.pad_token_id,
-                                          eos_token_id=sorted(self.eos_ids),
+                                          eos_token_id=sorted(self.eos_ids), suppress_tokens=self.suppress_ids or None,
                                           **_sample_kwargs(max_new_tokens, temperature, top_p, min_new_tokens,
                                                            synced_gpus))
                 width = enc["input_ids"].shape[1]
@@ -290,6 +298,23 @@ class HFVLMPolicy:
         finally:
             self.model.train(was_training)
         return out
+
+    def save_pretrained(self, path: str | Any) -> Any:
+        """A standalone HF folder: the model (LoRA adapters merged, on a copy) + the processor.
+
+        It loads with ``AutoModelForImageTextToText`` + ``AutoProcessor`` (and :meth:`from_pretrained`).
+        """
+        import copy
+        from pathlib import Path
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if hasattr(model, "merge_and_unload"):  # PEFT: merge into a copy, the policy keeps its adapters
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+        return path
 
     def reference_context(self):
         if hasattr(self.model, "disable_adapter"):
@@ -310,14 +335,56 @@ class HFVLMPolicy:
             resp = torch.tensor([d.response_ids + [pad] * (T - len(d.response_ids)) for d in chunk], device=self.device)
             rmask = torch.tensor([[1] * len(d.response_ids) + [0] * (T - len(d.response_ids)) for d in chunk],
                                  device=self.device)
-            kw = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+            kw = extend_per_token_inputs(enc, T, model=model)
             out = model(input_ids=torch.cat([enc["input_ids"], resp], 1),
-                        attention_mask=torch.cat([enc["attention_mask"], rmask], 1), logits_to_keep=T + 1,
-                        use_cache=False, **kw)
+                        attention_mask=torch.cat([enc["attention_mask"], rmask.to(enc["attention_mask"].dtype)], 1),
+                        logits_to_keep=T + 1, use_cache=False, **kw)
             logits = out.logits[:, :-1].float()
             logps.append(torch.log_softmax(logits, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1))
             masks.append(rmask.to(logps[-1].dtype))
         return torch.cat(logps), torch.cat(masks)
+
+
+def _forward_params(model: torch.nn.Module) -> set[str]:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    base = getattr(base, "module", base)  # DDP / DeepSpeed engine
+    try:
+        return set(inspect.signature(base.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def extend_per_token_inputs(enc: dict, n_new: int, model: torch.nn.Module | None = None) -> dict:
+    """The processor outputs other than ``input_ids`` / ``attention_mask``, for ``[prompt | n_new tokens]``.
+
+    A processor returns some outputs per prompt TOKEN (shape ``(B, L)`` like ``input_ids``): Qwen2-VL /
+    Qwen2.5-VL's ``mm_token_type_ids`` (0 text, 1 image, 2 video), from which the model computes its
+    3-D mRoPE positions, or ``token_type_ids``. When response tokens are appended for the log-prob
+    forward these must cover the whole sequence, or the model fails (``get_rope_index`` indexes them
+    with the full-length attention mask) or, worse, falls back to other positions. Every integer
+    ``(B, L)`` output is extended with zeros (= text: a response holds no image placeholder; the
+    right padding is masked out by the attention mask). A model whose forward takes
+    ``mm_token_type_ids`` while the processor did not return them gets them built from its config's
+    image / video token ids, so the positions are the ones ``generate`` used.
+    """
+    ids = enc["input_ids"]
+    out = {}
+    for k, v in enc.items():
+        if k in ("input_ids", "attention_mask"):
+            continue
+        if torch.is_tensor(v) and v.dim() == 2 and v.shape == ids.shape and not v.is_floating_point():
+            v = torch.cat([v, v.new_zeros(v.shape[0], n_new)], 1)
+        out[k] = v
+    if model is not None and "mm_token_type_ids" not in out and "mm_token_type_ids" in _forward_params(model):
+        cfg = model.config
+        types = torch.zeros(ids.shape[0], ids.shape[1] + n_new, dtype=torch.long, device=ids.device)
+        for tid, kind in ((getattr(cfg, "image_token_id", None), 1), (getattr(cfg, "video_token_id", None), 2)):
+            if tid is not None:
+                types[:, :ids.shape[1]][ids == tid] = kind
+        out["mm_token_type_ids"] = types
+    return out
 
 
 def generate_fn(policy: Any, **gen_kwargs: Any):
