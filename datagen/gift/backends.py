@@ -31,7 +31,7 @@ from datagen.world.scene import Scene
 
 from .prompts import world_prompt_spec
 from .styled import StyledWorldT2I
-from .t2i import TextToImage
+from .t2i import RenderedT2I, TextToImage
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def is_black(image: Image.Image) -> bool:
 # ------------------------------------------------------------------------------------------------
 # scene world
 # ------------------------------------------------------------------------------------------------
-class WorldT2I(TextToImage):
+class WorldT2I(RenderedT2I):
     """The world renderer as a text-to-image model for world prompts (toy runs and tests).
 
     Base prompts ("a photo of a red cube.") -> one object with the named attributes, the others random;
@@ -85,16 +85,6 @@ class WorldT2I(TextToImage):
         filters = {a + "s": (v,) for a, v in spec["attrs"].items()}
         scene = sample_scene(rng, 1, **filters)
         return render_scene(scene, self.image_size, rng), {"scene": scene.to_dict()}
-
-    def generate_with_meta(self, prompts: list[str], seeds: list[int]) -> tuple[list[Image.Image], list[dict]]:
-        """:meth:`generate` plus what each image shows (see :meth:`render`)."""
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        out = [self.render(p, s) for p, s in zip(prompts, seeds)]
-        return [im for im, _ in out], [m for _, m in out]
-
-    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image | None]:
-        return self.generate_with_meta(prompts, seeds)[0]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from datagen.world.render import BACKGROUND
 from datagen.world.scene import Scene
 
 from .prompts import world_prompt_spec
-from .t2i import TextToImage
+from .t2i import RenderedT2I
 
 STYLE_VERSION = 1  # hashed into replay-set keys: bump when the look changes
 
@@ -104,7 +104,7 @@ def render_digit_styled(digit: int, size: int, rng: np.random.Generator) -> Imag
     return _finish(ink * colour + (1.0 - ink) * _texture(rng, size), rng)
 
 
-class StyledWorldT2I(TextToImage):
+class StyledWorldT2I(RenderedT2I):
     """World prompts -> images of what they say, in a style unlike the evaluation renders (see the module
     docstring). Same prompt coverage as ``WorldT2I``; image ``k`` depends only on ``(prompt, seeds[k],
     image_size)``; an unknown prompt is a ValueError."""
@@ -141,12 +141,3 @@ class StyledWorldT2I(TextToImage):
         else:
             scene = sample_scene(rng, 1, **{a + "s": (v,) for a, v in spec["attrs"].items()})
         return render_scene_styled(scene, size, rng), {"scene": scene.to_dict()}
-
-    def generate_with_meta(self, prompts: list[str], seeds: list[int]) -> tuple[list[Image.Image], list[dict]]:
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        out = [self.render(p, s) for p, s in zip(prompts, seeds)]
-        return [im for im, _ in out], [m for _, m in out]
-
-    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image | None]:
-        return self.generate_with_meta(prompts, seeds)[0]
