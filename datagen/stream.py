@@ -239,15 +239,5 @@ def take(stream: IterableDataset, n: int) -> list[Sample]:
 
 
 def seed_everything_for_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: keep torch's own RNG in workers away from the parent's; ignore SIGTERM.
-
-    SLURM (``scancel --signal=TERM``, a time limit, a pre-emption) signals every process of the job
-    step, data workers included. A worker killed by it makes the training process fail with "DataLoader
-    worker ... is killed by signal: Terminated" before it can write its SIGTERM checkpoint. The training
-    process decides what a SIGTERM means; its workers end when it shuts the loader down (or, if it dies,
-    when their parent watchdog notices).
-    """
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """DataLoader ``worker_init_fn``: keep torch's own RNG in workers away from the parent's."""
     torch.manual_seed(torch.initial_seed() % 2**31 + worker_id)

@@ -251,7 +251,6 @@ def test_sbatch_preempted_job_requeues_resumes_and_matches_uninterrupted_run(tmp
         assert "srun exited with 143" in log and f"requeued job {job} after SIGTERM" in log
         assert f"[slurm.sbatch] job {job} restart 3:" in log
         assert f"resuming from {term.group(1)} (global_step {term.group(2)})" in log
-        assert "killed by signal" not in log  # the data workers ignore the step-wide SIGTERM
 
         # the same result as the uninterrupted run: weights, optimizer, data-stream positions, zero-shot table
         final_pre, final_ref = latest_checkpoint(pre), latest_checkpoint(ref)
