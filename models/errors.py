@@ -70,13 +70,3 @@ def non_negative_float(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
     return value
-
-
-def existing_file(text: str) -> str:
-    """``type=`` for an input file (a config): it must exist."""
-    import argparse
-    from pathlib import Path
-
-    if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"no file {text}")
-    return text
