@@ -25,9 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datagen.generator import Sample, SampleGenerator, sample_rng  # noqa: F401  (re-exported)
 from models.errors import RunAborted
@@ -239,5 +238,58 @@ def take(stream: IterableDataset, n: int) -> list[Sample]:
 
 
 def seed_everything_for_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: keep torch's own RNG in workers away from the parent's."""
+    """DataLoader ``worker_init_fn``: keep torch's own RNG in workers away from the parent's; survive
+    a SIGTERM that is not the loader's own (see :func:`terminate_only_from_parent`)."""
+    terminate_only_from_parent()
     torch.manual_seed(torch.initial_seed() % 2**31 + worker_id)
+
+
+def terminate_only_from_parent() -> None:
+    """In a DataLoader worker: end on the parent's SIGTERM, ignore anyone else's.
+
+    SLURM (``scancel --signal=TERM``, a time limit, a pre-emption) signals every process of the job
+    step, data workers included; a worker killed by it makes the training process fail ("DataLoader
+    worker ... is killed by signal: Terminated") before it can write its SIGTERM checkpoint. The
+    training process decides what that signal means. But the loader's own shutdown (and
+    multiprocessing's exit handler) also ends workers with SIGTERM, so ignoring the signal outright
+    hangs a stopping run. A Python handler cannot see who sent a signal, so SIGTERM stays blocked in
+    every thread of the worker (:class:`WorkerLoader` forks it with the signal blocked, so the threads
+    torch starts before ``worker_init_fn`` inherit the block) and a daemon thread takes it with
+    ``sigwaitinfo``, which reports the sender: the parent's ends the worker the way torch's own worker
+    handler does (``_exit(0)``), any other sender's is logged and ignored.
+    """
+    import os
+    import signal
+    import threading
+
+    if not hasattr(signal, "sigwaitinfo"):  # not POSIX: keep torch's handler
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid in (parent, os.getppid()):
+                os._exit(0)
+            log.warning("data worker %d: ignored SIGTERM from pid %d (the training process decides when to stop)",
+                        os.getpid(), info.si_pid)
+
+    threading.Thread(target=wait, name="synthloop-worker-sigterm", daemon=True).start()
+
+
+class WorkerLoader(DataLoader):
+    """A DataLoader whose worker processes are forked with SIGTERM blocked (see
+    :func:`terminate_only_from_parent`, which its workers must run as or inside ``worker_init_fn``).
+    The block is lifted in the training process as soon as the workers exist."""
+
+    def _get_iterator(self):
+        import signal
+
+        if self.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):
+            return super()._get_iterator()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            return super()._get_iterator()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)

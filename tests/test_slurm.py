@@ -226,6 +226,8 @@ def test_sbatch_preempted_job_requeues_resumes_and_matches_uninterrupted_run(tmp
         assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-5000:]
         assert ref_info["JobState"] == "COMPLETED", (tmp_path / f"synthloop-{ref_job}.out").read_text()[-5000:]
         assert info["Restarts"] == "3", info
+        # the step-wide SIGTERM reached the data workers too; they ignored it (WorkerLoader)
+        assert "ignored SIGTERM from pid" in log, log[-5000:]
 
         # SIGUSR1: checkpoint at a step boundary, requeue, restart (SLURM_RESTART_COUNT=1), resume from it
         saved = re.search(r"pre-emption: saved (\S+hpc_ckpt_1\.ckpt) at step (\d+)", log)

@@ -119,3 +119,33 @@ def test_resume_continues_with_exactly_the_uninterrupted_samples(tmp_path, num_w
     assert dm_rest.counters() == dm_full.counters()
     assert dm_full.counters()["consumed"] == 9 * 5
     assert dm_full.counters()["dropped_invalid"] > 0
+
+
+def test_workers_survive_a_foreign_sigterm_and_end_on_the_loaders():
+    """SLURM's step-wide SIGTERM reaches data workers too: they must ignore it (the training process
+    decides what it means) yet still end when the loader itself shuts them down."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    dm = OnlineDataModule(generator=CountingGenerator(), batch_size=4, num_workers=2, seed=0)
+    loader = dm.make_loader(dm.build_stream())
+    it = iter(loader)
+    first = [next(it)["index"].tolist() for _ in range(2)]
+    workers = list(it._workers)
+    pids = [w.pid for w in workers]
+    # sent by another process (kill(1) here, slurmstepd under SLURM): ignored
+    subprocess.run(["kill", "-TERM", *map(str, pids)], check=True)
+    time.sleep(0.5)
+    assert all(w.is_alive() for w in workers)
+    more = [next(it)["index"].tolist() for _ in range(4)]
+    assert len({i for b in first + more for i in b}) == 6 * 4
+    # the loader's own shutdown (SIGTERM from the parent after its join times out) still ends them
+    os.kill(pids[0], signal.SIGTERM)
+    workers[0].join(timeout=10)
+    assert workers[0].exitcode == 0
+    del it
+    for w in workers:
+        w.join(timeout=10)
+        assert not w.is_alive()

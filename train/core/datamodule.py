@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
 from datagen.stream import (DEFAULT_MAX_CONSECUTIVE_FAILURES, GeneratorStream, SampleGenerator, SlotStream,
-                            seed_everything_for_worker)
+                            WorkerLoader, seed_everything_for_worker)
 from models.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,8 @@ class OnlineDataModule(pl.LightningDataModule):
         if self.num_workers > 0:
             kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=False,
                       worker_init_fn=seed_everything_for_worker)
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          collate_fn=collate_samples, **kw)
+        return WorkerLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                            collate_fn=collate_samples, **kw)
 
     def train_dataloader(self) -> DataLoader:
         return self.make_loader(self.build_stream())
