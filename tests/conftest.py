@@ -58,3 +58,28 @@ def write_edited_config(src, tmp_path, edit, name: str = "bad.yaml"):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def torchrun_visionzero_fit(config_text: str, tmp_path, port: int) -> dict[int, list[dict]]:
+    """Run ``synthloop fit`` on ``config_text`` with 2 CPU processes under torchrun; return each rank's
+    game log (``games.jsonl.rank{r}``) after asserting the run exited 0 and that the games split over
+    the ranks: no game on both, and the RAE baselines and phase decisions identical on both."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "vz.yaml"
+    cfg.write_text(config_text)
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "train.cli", "fit", "--config", str(cfg)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logs = {r: [json.loads(x) for x in open(tmp_path / f"games.jsonl.rank{r}")] for r in (0, 1)}
+    idx = {r: [g["index"] for e in logs[r] for g in e["games"]] for r in (0, 1)}
+    assert not set(idx[0]) & set(idx[1])  # no game is played on both ranks
+    for e0, e1 in zip(logs[0], logs[1]):  # RAE baselines and the phase controller are global
+        assert e0["rae"] == e1["rae"] and e0["next_phase"] == e1["next_phase"]
+    return logs
