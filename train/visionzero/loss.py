@@ -24,6 +24,10 @@ def policy_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, 
                 kl_coef: float = KL_COEF, agg: str = "seq_mean") -> tuple[torch.Tensor, dict[str, float]]:
     """``−mean(A · log π) + τ · KL`` over generated tokens (EOS included; ``mask`` marks them).
 
+    ``logp`` and ``ref_logp`` must be scored at the temperature the tokens were sampled at (the
+    trainer passes ``generation.temperature`` to ``policy.logprobs``): the k3 estimator assumes samples
+    of the distribution ``logp`` describes.
+
     ``agg="seq_mean"`` (default, GRPO's): mean over each sequence's tokens, then over sequences;
     ``"token_mean"``: one mean over every generated token of the batch.
     """

@@ -15,7 +15,10 @@ sample = one game setup, made, played and scored on one rank. Each training step
 4. loss of the ACTIVE stage only (m = 1 clue, m = 0 decision; the other stage was still played):
    ``−mean(A · log π_θ(generated tokens, EOS included)) + τ · KL(π_θ ‖ π_ref)``, τ = 0.04, the KL by
    the k3 estimator ``exp(ref − logp) − (ref − logp) − 1`` per generated token; π_ref = the frozen
-   initial policy (a second frozen copy, or the same model with LoRA adapters disabled);
+   initial policy (a second frozen copy, or the same model with LoRA adapters disabled). Every
+   log-prob of the step (π_θ, π_ref, the ``inactive_kl`` anchor) is computed at the SAMPLING
+   temperature (logits / ``generation.temperature``, as TRL's GRPO does; 1.0 for greedy decoding):
+   :meth:`VisionZeroSelfPlay.score_temperature`;
 5. the phase controller (EMAs ρ = 0.95 of the step's accuracy / N/A rate, pooled over all ranks;
    hysteresis 0.9 / 0.1 / 0.4 / 0.5, K_min = 5, patience 20) decides the next step's stage.
 
@@ -184,14 +187,31 @@ class VisionZeroSelfPlay(pl.LightningModule):
             ref.eval()
             self.ref = ref
 
+    @property
+    def score_temperature(self) -> float:
+        """The temperature of every log-prob of a step: the sampling temperature (1.0 when greedy).
+
+        The responses are sampled at ``generation.temperature``; scoring them at the same temperature
+        keeps the policy gradient and the k3 KL (an estimator that assumes samples of the scored π_θ)
+        on the distribution actually sampled.
+        """
+        from train.visionzero.policy import score_temperature
+
+        return score_temperature(self.generation.temperature)
+
+    def policy_logprobs(self, gens, model: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``self.policy.logprobs`` at the sampling temperature with the configured micro-batches."""
+        return self.policy.logprobs(gens, model=model, micro_batch=self.loss_cfg.logprob_micro_batch,
+                                    temperature=self.score_temperature)
+
     def ref_logprobs(self, gens) -> torch.Tensor:
-        mb = self.loss_cfg.logprob_micro_batch
+        """Log-probs of ``gens`` under π_ref (no grad), at the sampling temperature like the policy's."""
         with torch.no_grad():
             if self.ref is not None:
                 self.ref.eval()
-                return self.policy.logprobs(gens, model=self.ref, micro_batch=mb)[0]
+                return self.policy_logprobs(gens, model=self.ref)[0]
             with self.policy.reference_context():
-                return self.policy.logprobs(gens, micro_batch=mb)[0]
+                return self.policy_logprobs(gens)[0]
 
     # -- data -------------------------------------------------------------------------------------
     def sample_transform(self):
@@ -279,7 +299,7 @@ class VisionZeroSelfPlay(pl.LightningModule):
         else:
             gens = [gen for r in records for gen in r.vote_generations]
             a = [x for g in range(len(records)) for x in adv["dec_adv"][g]]
-        logp, mask = self.policy.logprobs(gens, micro_batch=lc.logprob_micro_batch)
+        logp, mask = self.policy_logprobs(gens)  # at the sampling temperature, like π_ref's
         ref_logp = self.ref_logprobs(gens)
         a_t = torch.tensor(a, dtype=logp.dtype, device=logp.device)
         loss, parts = policy_loss(logp, ref_logp, mask, a_t, lc.kl_coef, lc.agg)
@@ -287,10 +307,9 @@ class VisionZeroSelfPlay(pl.LightningModule):
             other = ([gen for r in records for gen in r.vote_generations] if phase == "clue"
                      else [pt.generation for r in records for pt in r.turns])
             if other:
-                lp_o, m_o = self.policy.logprobs(other, micro_batch=lc.logprob_micro_batch)
+                lp_o, m_o = self.policy_logprobs(other)
                 with torch.no_grad():
-                    anchor_lp = self.policy.logprobs(other, model=self.phase_anchor(phase),
-                                                     micro_batch=lc.logprob_micro_batch)[0]
+                    anchor_lp = self.policy_logprobs(other, model=self.phase_anchor(phase))[0]
                 no_adv = torch.zeros(len(other), dtype=lp_o.dtype, device=lp_o.device)
                 anchor, kl_parts = policy_loss(lp_o, anchor_lp, m_o, no_adv, lc.inactive_kl, lc.agg)
                 loss = loss + anchor

@@ -11,7 +11,7 @@ benchmark:
 Interface::
 
     policy.generate(prompts, images, max_new_tokens=..., temperature=..., ...) -> list[Generation]
-    policy.logprobs(generations, model=None) -> (logp (B, T), mask (B, T))
+    policy.logprobs(generations, model=None, temperature=1.0) -> (logp (B, T), mask (B, T))
 
 ``generate`` renders each prompt with the model's chat template (one image per prompt), left-pads
 the batch, samples with the KV cache and returns new tokens only; a response keeps its EOS token (it
@@ -21,10 +21,18 @@ forward is a collective); ``min_new_tokens = max_new_tokens`` gives a fixed numb
 
 ``logprobs`` rebuilds each sequence as ``[left pad | prompt | response | right pad]`` -- the same
 tokens and positions as during generation -- runs ONE forward (per micro-batch) and returns the
-log-probabilities of the response tokens (temperature 1, i.e. the policy's own distribution) with a
-mask of the real (non-padding) response tokens, EOS included. ``model`` defaults to the policy's
-model; pass the frozen reference model to score under ``π_ref`` (with LoRA, the reference is the same
-model with adapters disabled: :meth:`reference_context`).
+log-probabilities of the response tokens with a mask of the real (non-padding) response tokens, EOS
+included. ``model`` defaults to the policy's model; pass the frozen reference model to score under
+``π_ref`` (with LoRA, the reference is the same model with adapters disabled: :meth:`reference_context`).
+
+``temperature``: the logits are divided by it before the ``log_softmax`` (TRL's GRPO does the same for
+the policy, the old policy and the reference), so that a response sampled at temperature ``T`` is
+scored under the distribution it was sampled from; the trainer passes its sampling temperature
+(``generation.temperature``) for every score of a step (policy, ``π_ref``, the ``inactive_kl`` anchor).
+``temperature <= 0`` or ``None`` (greedy decoding) scores at 1.0, the model's own distribution. The
+score is of the temperature-scaled FULL distribution: a nucleus truncation (``top_p < 1``), the
+suppressed placeholder tokens (``suppress_tokens``) and ``min_new_tokens``' EOS ban of the sampler are
+not applied (as in TRL), so with ``top_p < 1`` the scores are not exactly the sampler's probabilities.
 """
 
 from __future__ import annotations
@@ -55,6 +63,20 @@ def _trim(row: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
         if t in eos_ids:
             return row[:i + 1], True
     return row, False
+
+
+def score_temperature(temperature: float | None) -> float:
+    """The temperature log-probs are computed at: ``temperature``, or 1.0 for ``None`` / ``<= 0`` (greedy)."""
+    return float(temperature) if temperature and temperature > 0 else 1.0
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """``log_softmax(logits / T)`` at ``targets`` (float32), T = :func:`score_temperature`."""
+    logits = logits.float()
+    t = score_temperature(temperature)
+    if t != 1.0:
+        logits = logits / t
+    return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def _sample_kwargs(max_new_tokens: int, temperature: float, top_p: float, min_new_tokens: int,
@@ -179,19 +201,22 @@ class EmbeddingVLMPolicy:
         raise RuntimeError("no LoRA adapter: keep a frozen copy of the model as the reference instead")
 
     def logprobs(self, gens: list[Generation], model: torch.nn.Module | None = None,
-                 micro_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 micro_batch: int | None = None,
+                 temperature: float | None = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs ``(B, T)`` of the responses under ``model`` at ``temperature`` (module docstring), and the mask."""
         model = model if model is not None else self.vlm
         data = [g.data for g in gens]
         T = max(max(len(d.response_ids) for d in data), 1)
         bs = micro_batch or len(data)
         logps, masks = [], []
         for i in range(0, len(data), bs):
-            lp, m = self._logprobs(model, data[i:i + bs], T)
+            lp, m = self._logprobs(model, data[i:i + bs], T, temperature)
             logps.append(lp)
             masks.append(m)
         return torch.cat(logps), torch.cat(masks)
 
-    def _logprobs(self, model, data: list[GenData], T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logprobs(self, model, data: list[GenData], T: int,
+                  temperature: float | None = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.device
         pad = self.tokenizer.pad_token_id
         P = max(len(d.prompt_ids) for d in data)
@@ -207,9 +232,8 @@ class EmbeddingVLMPolicy:
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     logits_to_keep=T + 1, use_cache=False, **self._visual_kwargs([d.image for d in data]))
-        logits = out.logits[:, :-1].float()
         targets = torch.tensor(resp, device=device)
-        logp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        logp = _token_logprobs(out.logits[:, :-1], targets, temperature)
         return logp, torch.tensor(rmask, device=device, dtype=logp.dtype)
 
 
@@ -322,7 +346,9 @@ class HFVLMPolicy:
         raise RuntimeError("no LoRA adapter: keep a frozen copy of the model as the reference instead")
 
     def logprobs(self, gens: list[Generation], model: torch.nn.Module | None = None,
-                 micro_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 micro_batch: int | None = None,
+                 temperature: float | None = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs ``(B, T)`` of the responses under ``model`` at ``temperature`` (module docstring), and the mask."""
         model = model if model is not None else self.model
         data = [g.data for g in gens]
         T = max(max(len(d.response_ids) for d in data), 1)
@@ -339,8 +365,7 @@ class HFVLMPolicy:
             out = model(input_ids=torch.cat([enc["input_ids"], resp], 1),
                         attention_mask=torch.cat([enc["attention_mask"], rmask.to(enc["attention_mask"].dtype)], 1),
                         logits_to_keep=T + 1, use_cache=False, **kw)
-            logits = out.logits[:, :-1].float()
-            logps.append(torch.log_softmax(logits, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1))
+            logps.append(_token_logprobs(out.logits[:, :-1], resp, temperature))
             masks.append(rmask.to(logps[-1].dtype))
         return torch.cat(logps), torch.cat(masks)
 
