@@ -134,3 +134,29 @@ def test_ita_describes_targets_come_from_the_batch_multi_hot(bundle):
         task._also_true(batch)
     with pytest.raises(ValueError, match="ita_targets"):
         GIFTTask(student, teacher, bundle.tokenizer, PROMPTS, method="cd_ita", ita_targets="nearby")
+
+
+@pytest.mark.parametrize("replay_bn", ["batch", "frozen"])
+def test_replay_bn_frozen_keeps_the_task_images_batchnorm_statistics(replay_bn):
+    """``replay_bn: frozen``: the replay images leave the student's BatchNorm running statistics to the task
+    images (they equal those of a forward of the task images alone); ``batch`` mixes both in."""
+    torch.manual_seed(0)
+    b = create_clip("synthloop-tiny-rn64")
+    logit_scale_is_fixed(b.model)
+    student, teacher = copy.deepcopy(b.model).train(), copy.deepcopy(b.model).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(4, 3, 64, 64, generator=g), "label": torch.tensor([0, 1, 2, 0]),
+             "replay_image": 3 + 2 * torch.randn(4, 3, 64, 64, generator=g),  # another look: other statistics
+             "replay_txt": PROMPTS + PROMPTS[:1], "prompt_id": torch.tensor([0, 1, 2, 0])}
+    task_only = copy.deepcopy(student)
+    task_only.encode_image(batch["image"])
+    module = GIFTTask(student, teacher, b.tokenizer, PROMPTS, method="gift", replay_bn=replay_bn)
+    module.accumulate_gradients(batch)
+    assert all(m.training for m in student.modules())  # the modes are restored after the replay forward
+    stats = {k: v for k, v in student.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    ref = {k: v for k, v in task_only.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    assert stats
+    same = all(torch.allclose(stats[k], ref[k], atol=1e-6) for k in stats)
+    assert same == (replay_bn == "frozen")
+    with pytest.raises(ValueError, match="replay_bn must be one of"):
+        GIFTTask(student, teacher, b.tokenizer, PROMPTS, method="gift", replay_bn="eval")

@@ -39,6 +39,7 @@ MISTAKES = [  # (edit of BASE, expected substring of the one line)
     ({"warmup_steps": 10}, "warmup_steps: 10 is more than steps_per_task (4)"),
     ({"label_smoothing": 1.0}, "label_smoothing: must be in [0, 1)"),
     ({"ita_targets": "same"}, "ita_targets: must be one of"),
+    ({"replay_bn": "eval"}, "replay_bn: must be one of"),
     ({"replay_base": "worlds"}, "replay_base: must be one of"),
     ({"replay_backend": {"backend": "sd"}}, "replay_backend.backend: must be one of"),
     ({"replay_backend": {"backend": "diffusers", "model": "no/such/sd15"}}, "replay_backend.model: the diffusers pipeline folder 'no/such/sd15' does not exist"),

@@ -30,6 +30,20 @@ def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
             m.training = training
 
 
+@contextlib.contextmanager
+def batchnorm_frozen(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Every BatchNorm layer of ``module`` in eval mode inside the block (normalise with the running
+    statistics and leave them unchanged; gradients still flow); the other layers keep their mode."""
+    bns = [(m, m.training) for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m, _ in bns:
+        m.eval()
+    try:
+        yield module
+    finally:
+        for m, training in bns:
+            m.training = training
+
+
 def modes_summary(module: torch.nn.Module) -> dict[str, int]:
     """``{"train": n, "eval": n}`` over all submodules (for logs and tests)."""
     flags = [m.training for m in module.modules()]

@@ -22,11 +22,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from train.core.modes import batchnorm_frozen
 from train.core.optim import build_optimizer
 from train.core.resilience import all_finite, record_step
 from train.core.strategies import is_deepspeed
+from train.gift.validate import REPLAY_BN
 from train.gift.losses import (awc_importance, awc_penalty, clip_logits, contrastive_distillation,
                         image_text_alignment, l2_importance, lwf_distillation, task_loss)
+
 
 METHODS = {
     # method: (contrastive distillation, ITA, weight consolidation, LwF)
@@ -87,11 +90,13 @@ class GIFTTask(pl.LightningModule):
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), temperature: float = 2.0,
                  ita_weight: float = 0.25, awc_lambda: float = 1.0, label_smoothing: float = 0.2,
                  logit_scale: float = 100.0, importance: dict[str, torch.Tensor] | None = None,
-                 ita_targets: str = "same_prompt") -> None:
+                 ita_targets: str = "same_prompt", replay_bn: str = "batch") -> None:
         super().__init__()
         if ita_targets not in ("same_prompt", "describes"):
             raise ValueError(f"ita_targets must be 'same_prompt' or 'describes', got {ita_targets!r}")
-        self.ita_targets = ita_targets
+        if replay_bn not in REPLAY_BN:
+            raise ValueError(f"replay_bn must be one of {REPLAY_BN}, got {replay_bn!r}")
+        self.ita_targets, self.replay_bn = ita_targets, replay_bn
         self.automatic_optimization = False
         self.model = student
         self.teacher = teacher
@@ -119,7 +124,12 @@ class GIFTTask(pl.LightningModule):
 
     def _synthetic_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         tokens = self.tokenizer(batch["replay_txt"]).to(self.device)
-        s_img, s_txt = self.model.encode_image(batch["replay_image"]), self.model.encode_text(tokens)
+        if self.replay_bn == "frozen":  # replay images neither set nor update the student's BatchNorm statistics
+            with batchnorm_frozen(self.model):
+                s_img = self.model.encode_image(batch["replay_image"])
+        else:
+            s_img = self.model.encode_image(batch["replay_image"])
+        s_txt = self.model.encode_text(tokens)
         student = clip_logits(s_img, s_txt, self.scale)
         loss = student.new_zeros(())
         if self.cd:

@@ -120,6 +120,7 @@ def continual(
     awc_lambda: float = 1.0,
     label_smoothing: float = 0.2,
     ita_targets: str = "same_prompt",
+    replay_bn: str = "batch",
     logit_scale: float | str = 100.0,
     replay_base: str = "world",
     replay_size: int = 1000,
@@ -155,6 +156,9 @@ def continual(
         temperature, ita_weight, awc_lambda, label_smoothing: spec values 2, 0.25, 1, 0.2.
         ita_targets: "same_prompt" (spec) or "describes" (toy diagnostic: every prompt in the batch that
             truthfully describes a replay image is a positive for it; world-rendered replay only).
+        replay_bn: "batch" (the replay images pass the student's BatchNorm layers in train mode, as
+            every forward does) or "frozen" (they are normalised with the running statistics of the
+            real task images and leave them unchanged); no effect on BatchNorm-free models.
         logit_scale: the fixed CLIP temperature of every loss (spec: 100, which is OpenAI CLIP's own
             learned value) or "model": the starting checkpoint's learned value (the toy CLIP's is ~17).
         replay_base: "world" (toy pre-training vocabulary), "world_full" (its 96 mutually exclusive
@@ -303,7 +307,8 @@ def continual(
         module = GIFTTask(model, teacher, tokenizer, src.first_template_prompts, method=method,
                           lr=task_lr.get(src.name, lr), warmup_steps=warmup_steps, total_steps=steps_per_task,
                           temperature=temperature, ita_weight=ita_weight, awc_lambda=awc_lambda,
-                          label_smoothing=label_smoothing, ita_targets=ita_targets, logit_scale=float(logit_scale),
+                          label_smoothing=label_smoothing, ita_targets=ita_targets, replay_bn=replay_bn,
+                          logit_scale=float(logit_scale),
                           importance=importance)
         dm = OnlineDataModule(generator=ContinualStream(src.train, replay, seed=seed + t), batch_size=batch_size,
                               num_workers=num_workers, seed=task_stream_seed(seed, t),

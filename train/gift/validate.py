@@ -21,11 +21,12 @@ class ContinualConfigError(UserError, ValueError):
 
 REPLAY_BASES = ("world", "world_full", "imagenet")
 ITA_TARGETS = ("same_prompt", "describes")
+REPLAY_BN = ("batch", "frozen")
 REPLAY_BACKENDS = ("world", "world_styled", "diffusers")
 #: The settings recorded in ``state.json`` that a resumed run must share with the run that started the
 #: directory (a different value would silently mix two experiments in one accuracy matrix).
 RECORDED = ("model_name", "steps_per_task", "batch_size", "lr", "task_lr", "warmup_steps", "temperature",
-            "ita_weight", "awc_lambda", "label_smoothing", "ita_targets", "logit_scale", "replay_base",
+            "ita_weight", "awc_lambda", "label_smoothing", "ita_targets", "replay_bn", "logit_scale", "replay_base",
             "replay_size", "seed", "eval_per_class", "eval_seed")
 
 
@@ -106,6 +107,8 @@ def check_settings(args: dict[str, Any]) -> None:
         raise ContinualConfigError(f"warmup_steps: {args['warmup_steps']} is more than steps_per_task ({args['steps_per_task']})")
     if args["ita_targets"] not in ITA_TARGETS:
         raise ContinualConfigError(f"ita_targets: must be one of {ITA_TARGETS}, got {args['ita_targets']!r}")
+    if args.get("replay_bn", "batch") not in REPLAY_BN:
+        raise ContinualConfigError(f"replay_bn: must be one of {REPLAY_BN}, got {args['replay_bn']!r}")
     if args["replay_base"] not in REPLAY_BASES:
         raise ContinualConfigError(f"replay_base: must be one of {REPLAY_BASES}, got {args['replay_base']!r}")
     backend = args.get("replay_backend")
