@@ -16,8 +16,11 @@ reference mean (``image_mean``), the test-time centring of Unicorn.
 
 Saving: :meth:`EmbeddingVLM.save_pretrained` writes the LM (merged when LoRA is on) and tokenizer in
 Hugging Face format, plus ``projector.safetensors``, ``vlm_config.json`` and, when present,
-``vision_tower.safetensors``. :meth:`EmbeddingVLM.from_pretrained` reads that folder back (safetensors
-only; ``trust_remote_code`` stays off unless asked for).
+``vision_tower.safetensors`` and ``text_mean.safetensors`` (:attr:`EmbeddingVLM.text_mean_state`: the
+corpus mean of the contrastive text embeddings the VLM was trained on, Unicorn's μ_T, as a float64 sum and
+its sample count). :meth:`EmbeddingVLM.from_pretrained` reads that folder back (safetensors only;
+``trust_remote_code`` stays off unless asked for); a folder without ``text_mean.safetensors`` (older
+exports, VLMs never trained on text embeddings) loads with ``text_mean_state = None``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ ENCODE_BATCH_SIZE = 256
 
 IMAGE_TOKEN = "<image>"
 CONFIG_NAME = "vlm_config.json"
+TEXT_MEAN_NAME = "text_mean.safetensors"
+TEXT_MEAN_FORMAT = "synthloop-text-mean-1"
 
 
 @dataclass
@@ -162,6 +167,18 @@ class EmbeddingVLM(nn.Module):
                                    config.projector_hidden)
         self.vision_tower = vision_tower
         self.lora = False
+        #: the training corpus' text mean (μ_T) as ``{"dim", "sum" (float64), "count", "info"}`` -- the
+        #: ``state_dict`` format of ``datagen.unicorn.StreamingMean`` plus a JSON-able ``info`` dict
+        #: (provenance); ``None`` when unknown. A plain attribute, not a buffer: no dtype cast touches it.
+        self.text_mean_state: dict[str, Any] | None = None
+
+    @property
+    def text_mean(self) -> torch.Tensor | None:
+        """μ_T (float32, ``(D,)``) from :attr:`text_mean_state`; ``None`` when unknown or over no samples."""
+        st = self.text_mean_state
+        if st is None or int(st["count"]) == 0:
+            return None
+        return (torch.as_tensor(st["sum"], dtype=torch.float64) / int(st["count"])).float()
 
     # ------------------------------------------------------------------ text side
     def expand_image_tokens(self, text: str) -> str:
@@ -262,6 +279,7 @@ class EmbeddingVLM(nn.Module):
             config["vision_tower"] = self.vision_tower.spec()
             vt = {k: v.detach().cpu().contiguous() for k, v in self.vision_tower.state_dict().items()}
             atomic_write(path / "vision_tower.safetensors", lambda tmp: save_file(vt, tmp))
+        self._save_text_mean(path)
         atomic_write_text(path / CONFIG_NAME, json.dumps(config, indent=2))
         # written last: its presence marks a complete folder, and from_pretrained verifies every file against it
         write_checksums(path)
@@ -286,7 +304,40 @@ class EmbeddingVLM(nn.Module):
         model.projector.load_state_dict(load_file(str(path / "projector.safetensors")))
         if tower is not None and (path / "vision_tower.safetensors").is_file():
             tower.load_state_dict(load_file(str(path / "vision_tower.safetensors")))
+        model.text_mean_state = load_text_mean(path)
         return model
+
+    def _save_text_mean(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        target = path / TEXT_MEAN_NAME
+        st = self.text_mean_state
+        if st is None:
+            target.unlink(missing_ok=True)  # no stale mean of an earlier save into the same folder
+            return
+        total = torch.as_tensor(st["sum"], dtype=torch.float64).detach().cpu().reshape(-1).contiguous()
+        count = int(st["count"])
+        if total.shape[0] != int(st["dim"]):
+            raise ValueError(f"text_mean_state: sum has {total.shape[0]} values, dim is {st['dim']}")
+        mean = (total / count).float() if count else torch.zeros(total.shape[0])
+        tensors = {"sum": total, "mean": mean, "count": torch.tensor([count], dtype=torch.int64)}
+        meta = {"format": TEXT_MEAN_FORMAT, "count": str(count), "info": json.dumps(st.get("info") or {})}
+        atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_text_mean(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``text_mean_state`` saved in a VLM folder (``text_mean.safetensors``), or ``None`` without one."""
+    from safetensors import safe_open
+
+    file = Path(path) / TEXT_MEAN_NAME
+    if not file.is_file():
+        return None
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {}
+        total, count = f.get_tensor("sum").to(torch.float64), int(f.get_tensor("count").reshape(-1)[0])
+    if meta.get("format") != TEXT_MEAN_FORMAT:
+        raise ValueError(f"{file}: unknown text-mean format {meta.get('format')!r} (expected {TEXT_MEAN_FORMAT!r})")
+    return {"dim": int(total.shape[0]), "sum": total, "count": count, "info": json.loads(meta.get("info") or "{}")}
 
 
 def build_vlm(lm_path: str, embed_dim: int, *, num_visual_tokens: int = 1, token_mode: str = "repeat",

@@ -154,6 +154,18 @@ class StreamingMean:
         self.count += batch.shape[0]
         return self
 
+    def add(self, total: torch.Tensor, count: int) -> "StreamingMean":
+        """Fold in ``count`` vectors given by their ``total`` (``(D,)``, their sum): what a reduction over
+        several processes produces (the summed sums and counts of every rank)."""
+        total = torch.as_tensor(total).detach().to("cpu", torch.float64).reshape(-1)
+        if total.shape[0] != self.dim:
+            raise ValueError(f"StreamingMean(dim={self.dim}) got a sum of size {total.shape[0]}")
+        if int(count) < 0:
+            raise ValueError(f"StreamingMean.add: count must be >= 0, got {count}")
+        self._sum += total
+        self.count += int(count)
+        return self
+
     @property
     def mean(self) -> torch.Tensor:
         if self.count == 0:

@@ -11,7 +11,9 @@
 3. the held-out VQA benchmark: rendered images, never seen in training (``train.unicorn.vqa_eval.build_world_vqa``);
 4. per variant, stage A (``toy_align.yaml``) then stage B (``toy_instruct.yaml``) and the VQA evaluation:
    ``real`` (the upper bound: rendered-image embeddings), and the text-only runs ``mean_shift``, ``raw``,
-   ``mean_shift_noise``, ``ideal`` (and ``realign`` when asked for).
+   ``mean_shift_noise``, ``ideal`` (and ``realign`` when asked for). Stage B starts from stage A's export
+   and so continues its text mean μ_T (``text_mean.safetensors``; stage A warms it up with 1024 captions);
+   ``results.json`` gives each variant's ``text_mean_n``, the captions behind the final μ_T.
 
 Scenes hold one object by default (``--n-objects 1 1``): the tiny CLIP's single embedding then carries every
 answer (with 1-3 objects the tiny LM could not even answer from the caption text, see ``docs/unicorn.md``).
@@ -129,6 +131,8 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
         r = json.loads(res_file.read_text())
         results[variant] = {"accuracy": r["accuracy"], "by_type": r["by_type"], "by_qtype": r.get("by_qtype", {}),
                             "n": r["n"]}
+        if r.get("setting", {}).get("text_mean_n") is not None:  # captions behind μ_T (stage A + B, warm-up)
+            results[variant]["text_mean_n"] = r["setting"]["text_mean_n"]
         blind_file = vdir / "vlm" / "vqa_blind.json"
         if not blind_file.is_file():  # the same VLM without its image: what the question alone gives
             from models.vlm import EmbeddingVLM
