@@ -29,7 +29,7 @@ from train.gift.metrics import cl_metrics
 from train.gift.runner import continual
 
 METHODS = ["finetune", "l2", "lwf", "ewc", "cd", "cd_ita", "gift"]
-OVERRIDABLE = ("ita_targets", "replay_base", "task_lr", "logit_scale")  # continual() arguments the toy configs leave at defaults
+OVERRIDABLE = ("ita_targets", "replay_bn", "replay_base", "task_lr", "logit_scale")  # continual() arguments the toy configs leave at defaults
 
 
 def main() -> None:
