@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from train.cli import setup_logging
 from train.gift.metrics import cl_metrics
 from train.gift.runner import continual
 
@@ -33,6 +34,7 @@ OVERRIDABLE = ("ita_targets", "replay_bn", "replay_base", "task_lr", "logit_scal
 
 
 def main() -> None:
+    setup_logging()  # the same logs as `synthloop continual`
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/gift/toy.yaml")
     p.add_argument("--methods", nargs="+", default=METHODS)

@@ -64,6 +64,12 @@ EXPECTED_NOISE = (
     "Trainer already configured with model summary callbacks",
     # Lightning when it reads a checkpoint it wrote itself; ours are loaded with weights_only=True
     "`weights_only` was not set, defaulting to `False`",
+    # Lightning, for modules that evaluate outside its loop (GIFT's runner, Vision-Zero): the DataModule offers
+    # a module's own evaluation sets and there are none
+    "You passed in a `val_dataloader` but have no `validation_step`",
+    # Lightning, for manually optimised modules (GIFT): a checkpoint holds the state after the step, which is
+    # what an exact resume needs
+    "Using ModelCheckpoint with manual optimization and every_n_train_steps",
 )
 
 
@@ -73,7 +79,9 @@ class _DropExpected(logging.Filter):
         return not any(text in msg for text in EXPECTED_NOISE)
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
+    """synthloop's logging: our own loggers at ``$SYNTHLOOP_LOG`` (INFO), the expected library noise dropped
+    (:data:`EXPECTED_NOISE`). Every entry point calls it, the bench scripts that run recipes too."""
     import warnings
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(USER_ERROR_EXIT)
     # subcommand parsers then show `usage: synthloop <command> ...`
     sys.argv = [f"synthloop {name}" if name not in LIGHTNING else "synthloop", *rest]
-    _setup_logging()
+    setup_logging()
     module, func = target.split(":")
     try:
         import_module(module).__dict__[func](rest)

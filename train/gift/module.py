@@ -26,10 +26,14 @@ from train.core.modes import batchnorm_frozen
 from train.core.optim import build_optimizer
 from train.core.resilience import all_finite, record_step
 from train.core.strategies import is_deepspeed
-from train.gift.validate import REPLAY_BN
 from train.gift.losses import (awc_importance, awc_penalty, clip_logits, contrastive_distillation,
                         image_text_alignment, l2_importance, lwf_distillation, task_loss)
 
+
+#: How the student's BatchNorm layers treat the replay images (``replay_bn``): "batch" (train mode, like
+#: every other forward) or "frozen" (normalised with the task images' running statistics, which they
+#: leave unchanged). docs/gift.md, "Train and eval modes".
+REPLAY_BN = ("batch", "frozen")
 
 METHODS = {
     # method: (contrastive distillation, ITA, weight consolidation, LwF)

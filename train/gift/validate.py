@@ -21,7 +21,6 @@ class ContinualConfigError(UserError, ValueError):
 
 REPLAY_BASES = ("world", "world_full", "imagenet")
 ITA_TARGETS = ("same_prompt", "describes")
-REPLAY_BN = ("batch", "frozen")
 REPLAY_BACKENDS = ("world", "world_styled", "diffusers")
 #: The settings recorded in ``state.json`` that a resumed run must share with the run that started the
 #: directory (a different value would silently mix two experiments in one accuracy matrix).
@@ -46,7 +45,7 @@ def _number(key: str, value: Any, *, minimum: float, strict: bool, integer: bool
 def check_settings(args: dict[str, Any]) -> None:
     """The values of a ``continual(...)`` call (``args`` = its keyword arguments), before anything is built."""
     from datagen.world import TASK_FAMILIES
-    from train.gift.module import DEEPSPEED_REFUSAL, METHODS
+    from train.gift.module import DEEPSPEED_REFUSAL, METHODS, REPLAY_BN
     from train.core.strategies import is_deepspeed
 
     tasks = args["tasks"]
