@@ -14,6 +14,7 @@ recipes; this one is a pair *source* that :class:`datagen.visionzero.setups.Game
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -24,9 +25,38 @@ from PIL import Image
 
 from datagen.world import EDIT_KINDS, make_pair
 from datagen.world.render import check_size
+from datagen.world.scene import Scene, sample_scene
 
 SPY_EDIT_KINDS = ("replace_shape", "replace_color", "replace_shape_color")  # in place: positions unchanged
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+# Scene splits (WorldPairs(split=...)): a scene's split is a function of the scene itself, so the splits
+# are disjoint by construction, whatever seeds the streams use. Fractions of the scene space:
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = {"val": 0.1, "test": 0.1}  # the rest (0.8) is "train"
+
+
+def scene_key(scene: Scene | dict) -> str:
+    """SHA-256 of a scene's canonical JSON (every object's attributes and exact float position).
+
+    Two scenes have the same key exactly when they are the same scene (``repr`` of a float round-trips).
+    """
+    d = scene.to_dict() if isinstance(scene, Scene) else scene
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def scene_split(scene: Scene | dict) -> str:
+    """``"val"``, ``"test"`` or ``"train"``: the split the scene belongs to (by :func:`scene_key`).
+
+    The key's first 64 bits as a fraction u in [0, 1): u < 0.1 -> val, 0.1 <= u < 0.2 -> test, else train.
+    """
+    u = int(scene_key(scene)[:16], 16) / 2.0**64
+    lo = 0.0
+    for name in ("val", "test"):
+        if u < lo + SPLIT_FRACTIONS[name]:
+            return name
+        lo += SPLIT_FRACTIONS[name]
+    return "train"
 
 
 class PairSource:
@@ -43,10 +73,18 @@ class WorldPairs(PairSource):
     Both renders share the background jitter, so the edit is the only visible difference.
     ``blank_spy=True`` gives the spy the empty background instead (easiest difficulty; ``kinds`` and
     ``k`` are then unused and the edit is ``{"kind": "blank", ...}``).
+
+    ``split`` (``"train"``, ``"val"``, ``"test"``; None = no filter, the original draw) keeps only pairs
+    whose ORIGINAL scene belongs to that split (:func:`scene_split`): each attempt draws a seed from
+    ``rng``, samples the scene from it, and renders the pair from the same seed once the scene's split
+    matches. The splits are disjoint by construction (a scene has one split), so no validation game
+    shares its civilians' scene (hence its setup) with a training or test game, whatever the stream
+    seeds. ``meta["split"]`` records it.
     """
 
     def __init__(self, size: int = 64, n_objects: int | tuple[int, int] = (4, 6),
-                 kinds: tuple[str, ...] = SPY_EDIT_KINDS, k: int = 2, blank_spy: bool = False) -> None:
+                 kinds: tuple[str, ...] = SPY_EDIT_KINDS, k: int = 2, blank_spy: bool = False,
+                 split: str | None = None) -> None:
         bad = [x for x in kinds if x not in SPY_EDIT_KINDS]
         if bad or not kinds:
             # add/remove move the layout and would make the pair trivially different; they stay out.
@@ -56,13 +94,34 @@ class WorldPairs(PairSource):
             raise ValueError(f"k must be >= 1, got {k}")
         self.size, self.n_objects = check_size(size), n_objects
         self.kinds, self.k, self.blank_spy = tuple(kinds), int(k), bool(blank_spy)
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+        self.split = split
 
-    def pair(self, rng: np.random.Generator) -> dict:
+    def _make(self, rng: np.random.Generator) -> dict:
         kind = "blank" if self.blank_spy else self.kinds[int(rng.integers(len(self.kinds)))]
-        p = make_pair(rng, self.n_objects, kind=kind, k=self.k, size=self.size)
+        return make_pair(rng, self.n_objects, kind=kind, k=self.k, size=self.size)
+
+    def pair(self, rng: np.random.Generator, max_tries: int = 10_000) -> dict:
+        if self.split is None:
+            p = self._make(rng)
+        else:
+            for _ in range(max_tries):
+                seed = int(rng.integers(2**63))
+                sub = np.random.default_rng(seed)
+                if not self.blank_spy:
+                    sub.integers(len(self.kinds))  # the kind draw _make does first
+                if scene_split(sample_scene(sub, self.n_objects)) == self.split:
+                    p = self._make(np.random.default_rng(seed))
+                    break
+            else:
+                raise RuntimeError(f"no {self.split} scene in {max_tries} draws")
+            assert scene_split(p["original"]) == self.split
+        meta = {"original_scene": p["original"].to_dict(), "modified_scene": p["modified"].to_dict()}
+        if self.split is not None:
+            meta["split"] = self.split
         return {"original": p["image_original"], "modified": p["image_modified"], "edit": p["edit"],
-                "source": "world",
-                "meta": {"original_scene": p["original"].to_dict(), "modified_scene": p["modified"].to_dict()}}
+                "source": "world", "meta": meta}
 
 
 class FolderPairs(PairSource):
