@@ -10,6 +10,8 @@
     synthloop datagen unicorn --config ... --resume          # continue an interrupted (or shorter) export
     synthloop datagen unicorn --config ... --dry_run         # build generator + backend, reach it, print config
     synthloop datagen unicorn --config ... --stage3.clip_checkpoint runs/quickstart/clip_final.pt
+    synthloop datagen clip-benchmark --family shape --image_size 32 --out runs/cb/shape      # CLIP_benchmark wds/
+    synthloop datagen clip-benchmark --image_folder /data/mtil --dataset Aircraft --out runs/cb/Aircraft
 
 ``world`` writes the first ``--n`` kept samples of any :class:`datagen.stream.SampleGenerator` (``class_path``
 / ``init_args``, default ``datagen.world.WorldCaptions``) with ``--seed`` to ``{out}/shard-%06d.tar``
@@ -24,6 +26,10 @@ different generator, generator argument, seed or image encoding is refused with 
     n: 10000
     seed: 0
     maxcount: 1000
+
+``clip-benchmark`` writes one classification dataset (a world task family's evaluation set, or one dataset of
+the MTIL image-folder layout) in CLIP_benchmark's local WebDataset layout (:mod:`datagen.clip_benchmark`), for
+``clip_benchmark eval --dataset wds/<name> --dataset_root <out>`` (``docs/clip_clients.md``).
 
 ``unicorn`` runs Unicorn stages 1-2 (optionally 3) through :func:`datagen.unicorn.export.export_unicorn`
 (its docstring has the sample, drop, resume and ``--concurrency`` semantics). The generator and its text
@@ -50,6 +56,7 @@ from models.io import atomic_write_text
 SUBCOMMANDS = {
     "world": "any generator (default: the scene world's WorldCaptions) -> resumable WebDataset shards",
     "unicorn": "Unicorn stages 1-2 (optionally 3) -> WebDataset shards",
+    "clip-benchmark": "a world task family or an MTIL image folder -> CLIP_benchmark's wds/ layout",
 }
 DEFAULT_WORLD_GENERATOR = "datagen.world.WorldCaptions"
 CONFIG_FILE = "datagen_config.yaml"  # the fully resolved command-line config
@@ -145,6 +152,86 @@ def build_world_parser(help_only: bool = False):
     p.add_argument("--dry_run", action=ActionYesNo, default=False,
                    help="build the generator and one sample, print the config, stop")
     return p
+
+
+def build_clip_benchmark_parser():
+    """The ``synthloop datagen clip-benchmark`` parser (argparse: --help answers before torch is imported)."""
+    import argparse
+
+    from models.errors import positive_int
+
+    p = argparse.ArgumentParser(
+        prog="synthloop datagen clip-benchmark", allow_abbrev=False,
+        description="Write one classification dataset in CLIP_benchmark's local WebDataset layout "
+                    "(<out>/<split>/{0..N-1}.tar + nshards.txt, classnames.txt, zeroshot_classification_templates.txt) "
+                    "for `clip_benchmark eval --dataset wds/<name> --dataset_root <out>`.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--family", help="a world task family (shape, color, count, material, size, relation, digits)")
+    src.add_argument("--image_folder", metavar="ROOT", help="root of the MTIL image-folder layout (docs/mtil.md); "
+                                                            "with --dataset")
+    p.add_argument("--dataset", help="dataset folder under --image_folder (e.g. Aircraft)")
+    p.add_argument("--out", required=True, help="output directory (CLIP_benchmark's --dataset_root)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="split to write, and CLIP_benchmark's --split (default test, the split synthloop's own "
+                        "validation scores; val: world families only)")
+    p.add_argument("--n_per_class", type=positive_int, default=None,
+                   help="world: images per class (default 40 = synthloop's own validation, eval_per_class)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="world: evaluation-set seed (default 1234 = eval_seed); folders: seed of --max_per_class's "
+                        "subset (default 0)")
+    p.add_argument("--image_size", type=positive_int, default=None,
+                   help="world, required: rendered size = the model's input size (32 for synthloop-tiny-vit32, "
+                        "the model's vision_cfg.image_size), the size synthloop's own validation renders at")
+    p.add_argument("--image_format", choices=("png", "webp", "jpg"), default=None,
+                   help="world: image encoding (default png; webp is lossless; jpg is lossy). Folders copy their files")
+    p.add_argument("--max_per_class", type=positive_int, default=None,
+                   help="folders: at most this many images per class (default: all)")
+    p.add_argument("--maxcount", type=positive_int, default=1000, help="images per tar shard (default 1000)")
+    p.add_argument("--overwrite", action="store_true", help="replace the split if --out already has it")
+    return p
+
+
+def clip_benchmark_main(argv: list[str]) -> dict[str, Any]:
+    from models.errors import UserError
+
+    p = build_clip_benchmark_parser()
+    args = p.parse_args(argv)
+    world_only = ("n_per_class", "image_size", "image_format")
+    if args.family is not None:
+        if args.dataset is not None:
+            raise UserError("--dataset: only with --image_folder (a world family is named by --family)")
+        if args.max_per_class is not None:
+            raise UserError("--max_per_class: only with --image_folder (world families take --n_per_class)")
+        from datagen.world import get_task_family
+
+        get_task_family(args.family, "--family")  # an unknown family is named first
+        if args.image_size is None:
+            raise UserError("--image_size: required with --family: the model's input size (e.g. 32 for "
+                            "synthloop-tiny-vit32), which synthloop's own validation renders the family at")
+        from datagen.clip_benchmark import DEFAULT_N_PER_CLASS, DEFAULT_SEED, export_world_family, format_summary
+
+        summary = export_world_family(
+            args.family, args.out, n_per_class=args.n_per_class or DEFAULT_N_PER_CLASS,
+            seed=DEFAULT_SEED if args.seed is None else args.seed, image_size=args.image_size,
+            split=args.split, image_format=args.image_format or "png", maxcount=args.maxcount,
+            overwrite=args.overwrite)
+        name = args.family
+    else:
+        if not args.dataset:
+            raise UserError("--dataset: required with --image_folder (a dataset folder under it, e.g. Aircraft)")
+        given = [f"--{k}" for k in world_only if getattr(args, k) is not None]
+        if given:
+            raise UserError(f"{given[0]}: only with --family (image folders are copied as they are)")
+        if args.split == "val":
+            raise UserError("--split: val only with --family (the MTIL image-folder layout has train and test)")
+        from datagen.clip_benchmark import export_image_folder, format_summary
+
+        summary = export_image_folder(args.image_folder, args.dataset, args.out, split=args.split,
+                                      max_per_class=args.max_per_class, seed=args.seed or 0,
+                                      maxcount=args.maxcount, overwrite=args.overwrite)
+        name = args.dataset
+    print(format_summary(summary, name))
+    return summary
 
 
 def _config_paths(argv: list[str]) -> list[str]:
@@ -327,8 +414,8 @@ def parse_config(path: str | os.PathLike, kind: str | None = None, argv: list[st
         gen = raw.get("generator") if isinstance(raw, dict) else None
         class_path = gen.get("class_path", "") if isinstance(gen, dict) else str(gen or "")
         kind = "unicorn" if class_path.rsplit(".", 1)[-1] == "UnicornText" else "world"
-    if kind not in SUBCOMMANDS:
-        raise ValueError(f"kind must be one of {', '.join(SUBCOMMANDS)}, got {kind!r}")
+    if kind not in ("world", "unicorn"):  # the YAML-configured kinds (clip-benchmark takes options only)
+        raise ValueError(f"kind must be one of world, unicorn, got {kind!r}")
     parser = build_parser() if kind == "unicorn" else build_world_parser()
     return _parse(parser, ["--config", path, *(argv or [])])
 
@@ -450,12 +537,12 @@ def format_world_summary(s: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------
 # dispatch
 # ------------------------------------------------------------------------------------------------
-KINDS = {"world": world_main, "unicorn": unicorn_main}
+KINDS = {"world": world_main, "unicorn": unicorn_main, "clip-benchmark": clip_benchmark_main}
 
 
 def usage() -> str:
     lines = ["usage: synthloop datagen {%s} [--help] ..." % ",".join(SUBCOMMANDS), ""]
-    lines += [f"  {name:10s} {what}" for name, what in SUBCOMMANDS.items()]
+    lines += [f"  {name:14s} {what}" for name, what in SUBCOMMANDS.items()]
     lines += ["", "Each kind has its own --help."]
     return "\n".join(lines)
 

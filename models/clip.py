@@ -11,13 +11,18 @@ own trainer) can build them by name:
 * ``synthloop-micro-vit32``: a 1-layer model for unit tests.
 
 Checkpoints are written in open_clip's format (``{"state_dict": ..., "model_name": ...}``) so
-``open_clip.create_model(name, pretrained=path)`` loads them directly.
+``open_clip.create_model(name, pretrained=path)`` loads them directly. :func:`save_open_clip_local_dir`
+also writes open_clip's self-describing ``local-dir:`` folder (``open_clip_config.json`` with the full model
+config + ``open_clip_model.safetensors``), which open_clip, its trainer and CLIP_benchmark load by path
+alone, in a process that never imports this module (``docs/clip_clients.md``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ import open_clip
 import torch
 
 from models.errors import UserError
-from models.io import atomic_write, torch_file_problem, unpickling_refusal
+from models.io import atomic_write, fsync_dir, torch_file_problem, unpickling_refusal, write_checksums
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -107,6 +112,116 @@ def save_open_clip_checkpoint(model: torch.nn.Module, path: str | Path, model_na
     doc = {"state_dict": state, "model_name": model_name, **extra}
     atomic_write(path, lambda tmp: torch.save(doc, tmp))
     return path
+
+
+#: the two files of an open_clip ``local-dir:`` folder (open_clip.factory reads exactly these names)
+LOCAL_DIR_CONFIG = "open_clip_config.json"
+LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
+#: suffix of the ``local-dir:`` folder written beside an exported ``.pt``
+#: (``clip_final.pt`` -> ``clip_final.open_clip/``)
+LOCAL_DIR_SUFFIX = ".open_clip"
+
+
+def local_dir_beside(checkpoint: str | Path) -> Path:
+    """The ``local-dir:`` folder that belongs to an exported checkpoint file: ``runs/x/clip_final.pt`` ->
+    ``runs/x/clip_final.open_clip``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + LOCAL_DIR_SUFFIX)
+
+
+def open_clip_model_config(model: torch.nn.Module, model_name: str) -> dict[str, Any]:
+    """The full open_clip model config of ``model`` (built as ``model_name``), as ``local-dir:`` folders embed it:
+    the registry's config, with the image size the model was actually built at (``force_image_size``)."""
+    cfg = open_clip.get_model_config(check_model_name(model_name))
+    if cfg is None:  # a name open_clip lists but has no config for (cannot happen for registry names)
+        raise UserError(f"model_name: open_clip has no model config for {model_name!r}")
+    vision = cfg.get("vision_cfg", {})
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if size is not None and "timm_model_name" not in vision:
+        size = tuple(int(s) for s in size) if isinstance(size, (tuple, list)) else int(size)
+        vision["image_size"] = size[0] if isinstance(size, tuple) and len(set(size)) == 1 else size
+    return cfg
+
+
+def save_open_clip_local_dir(model: torch.nn.Module, folder: str | Path, model_name: str, tokenizer: Any = None,
+                             **extra: Any) -> Path:
+    """Write ``model`` as an open_clip ``local-dir:`` folder, atomically; return the folder.
+
+    The folder holds ``open_clip_config.json`` (``model_cfg``: the full config from open_clip's registry, so
+    it loads without synthloop's tiny configs being registered; ``preprocess_cfg``: the model's
+    mean/std/interpolation/resize mode/size; ``synthloop``: ``model_name`` and ``extra``, ignored by open_clip),
+    ``open_clip_model.safetensors`` (the state dict) and ``checksums.sha256``. Any client then loads it by
+    path, e.g. ``open_clip.create_model_and_transforms("local-dir:<folder>")``, ``python -m open_clip_train.main
+    --model local-dir:<folder>``, ``clip_benchmark eval --model local-dir:<folder> --pretrained ''``.
+
+    The folder is built as ``.<name>.partial-<pid>`` beside it (removed by :func:`models.io.remove_orphans`
+    if the writer dies) and renamed into place; an existing folder is replaced only once the new one is
+    complete. A model whose tokenizer is a Hugging Face one (``text_cfg.hf_tokenizer_name``) also needs its
+    tokenizer files in the folder (open_clip reads them from there): pass ``tokenizer`` (open_clip's
+    ``HFTokenizer``, saved with ``save_pretrained``).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    model_cfg = open_clip_model_config(model, model_name)
+    preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    if "size" in preprocess_cfg:
+        size = preprocess_cfg["size"]
+        preprocess_cfg["size"] = list(size) if isinstance(size, (tuple, list)) else size
+    doc = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg,
+           "synthloop": {"model_name": model_name, **extra}}
+    text = json.dumps(doc, indent=2, sort_keys=True, default=_json_default) + "\n"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    hf_tokenizer = bool(model_cfg.get("text_cfg", {}).get("hf_tokenizer_name"))
+    if hf_tokenizer and not hasattr(tokenizer, "save_pretrained"):
+        raise UserError(f"model_name {model_name!r} uses a Hugging Face tokenizer: pass its open_clip tokenizer "
+                        f"(open_clip.get_tokenizer(name)) so that {folder} gets the tokenizer files it needs")
+    parent = folder.parent if str(folder.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{folder.name}.partial-{os.getpid()}"
+    old = parent / f".{folder.name}.old.partial-{os.getpid()}"
+    for p in (tmp, old):
+        if p.exists():
+            shutil.rmtree(p)
+    try:
+        tmp.mkdir()
+        save_file(state, str(tmp / LOCAL_DIR_WEIGHTS), metadata={"format": "pt"})
+        (tmp / LOCAL_DIR_CONFIG).write_text(text, encoding="utf-8")
+        if hf_tokenizer:
+            tokenizer.save_pretrained(str(tmp))
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        write_checksums(tmp)
+        fsync_dir(tmp)
+        replaced = folder.exists() or folder.is_symlink()
+        if replaced:
+            if not folder.is_dir() or folder.is_symlink():
+                raise UserError(f"{folder} exists and is not a folder; remove it or export elsewhere")
+            os.replace(folder, old)  # the previous complete folder, until the new one is in place
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            if replaced:
+                os.replace(old, folder)
+            raise
+        fsync_dir(parent)
+    finally:
+        for p in (tmp, old):
+            if p.exists():
+                shutil.rmtree(p, ignore_errors=True)
+    return folder
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 @torch.no_grad()

@@ -4,7 +4,9 @@ The loss is open_clip's ``ClipLoss`` with features gathered across ranks (with g
 as open_clip's own trainer does it. Validation = zero-shot accuracy on held-out world task
 families (template ensembles); the last validation's table is printed, and the final weights are
 written in open_clip's checkpoint format (``<run dir>/clip_final.pt``) so that GIFT and Unicorn
-start from them with ``pretrained=<path>``.
+start from them with ``pretrained=<path>``, and as an open_clip ``local-dir:`` folder beside it
+(``<run dir>/clip_final.open_clip/``) that open_clip, its trainer and CLIP_benchmark load by path alone
+(``docs/clip_clients.md``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import pytorch_lightning as pl
 import torch
 from open_clip.loss import ClipLoss
 
-from models.clip import check_model_name, create_clip, save_open_clip_checkpoint, zero_shot_classifier
+from models.clip import (check_model_name, create_clip, local_dir_beside, save_open_clip_checkpoint,
+                         save_open_clip_local_dir, zero_shot_classifier)
 from models.errors import UserError
 from models.io import atomic_write
 from train.clip import DEFAULT_EVAL_BATCH_SIZE
@@ -92,9 +95,12 @@ class CLIPPretrain(pl.LightningModule):
         eval_per_class: held-out images per class in each evaluation set.
         eval_seed: seed of the evaluation sets.
         eval_batch_size: images per batch of the zero-shot validation (inference only; memory, not results).
-        export_path: where the final open_clip checkpoint goes (default ``<run dir>/clip_final.pt``).
+        export_path: where the final open_clip checkpoint goes (default ``<run dir>/clip_final.pt``); the same
+            weights also go to the open_clip ``local-dir:`` folder beside it (``clip_final.pt`` ->
+            ``clip_final.open_clip/``, :func:`models.clip.local_dir_beside`).
         publish_path: a stable path the final checkpoint is ALSO copied to, as the starting point of other
-            recipes (the quickstart: ``runs/quickstart/clip_final.pt``). Written only by a run that reached
+            recipes (the quickstart: ``runs/quickstart/clip_final.pt``), with its ``local-dir:`` folder beside
+            it (``runs/quickstart/clip_final.open_clip/``). Written only by a run that reached
             its ``max_steps`` and whose command line did not change the config (``synthloop fit`` clears it
             otherwise and says so; giving ``--model.init_args.publish_path`` chooses it explicitly), so a
             short experiment never replaces the weights the toys start from.
@@ -203,18 +209,25 @@ class CLIPPretrain(pl.LightningModule):
             if not self.trainer.is_global_zero:
                 return
             path = self.hparams.export_path or str(Path(log_dir or ".") / "clip_final.pt")
-            save_open_clip_checkpoint(self.model, path, self.hparams.model_name, step=self.global_step,
-                                      zero_shot=self.last_zero_shot)
+            meta = {"step": self.global_step, "zero_shot": self.last_zero_shot}
+            save_open_clip_checkpoint(self.model, path, self.hparams.model_name, **meta)
+            local_dir = save_open_clip_local_dir(self.model, local_dir_beside(path), self.hparams.model_name,
+                                                 tokenizer=self.tokenizer, **meta)
             publish = self.hparams.publish_path
             finished = self.trainer.max_steps is None or self.trainer.max_steps < 0 or \
                 self.global_step >= self.trainer.max_steps
             if publish and finished:
                 atomic_write(publish, lambda tmp: shutil.copyfile(path, tmp))
+                save_open_clip_local_dir(self.model, local_dir_beside(publish), self.hparams.model_name,
+                                         tokenizer=self.tokenizer, **meta)
+        log.info("wrote open_clip local-dir folder %s", local_dir)
         log.info("wrote open_clip checkpoint %s", path)
         self.print(f"open_clip checkpoint: {path}")
+        self.print(f"open_clip local-dir:  {local_dir} (open_clip / open_clip_train / clip_benchmark: "
+                   f"--model local-dir:{local_dir})")
         if publish and finished:
-            log.info("published it as %s", publish)
-            self.print(f"published as: {publish}")
+            log.info("published it as %s (and %s)", publish, local_dir_beside(publish))
+            self.print(f"published as: {publish} (and {local_dir_beside(publish)})")
         elif publish:
             log.warning("not published to %s: the run stopped at step %d of %d", publish, self.global_step,
                         self.trainer.max_steps)
