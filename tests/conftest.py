@@ -83,3 +83,22 @@ def torchrun_visionzero_fit(config_text: str, tmp_path, port: int) -> dict[int, 
     for e0, e1 in zip(logs[0], logs[1]):  # RAE baselines and the phase controller are global
         assert e0["rae"] == e1["rae"] and e0["next_phase"] == e1["next_phase"]
     return logs
+
+
+def build_tiny_game_policy(root) -> str:
+    """A random tiny EmbeddingVLM for the spy game (1-layer Llama, world-game tokenizer, micro CLIP tower)
+    saved under ``root``; returns the policy folder."""
+    from pathlib import Path
+
+    from datagen.visionzero.sft import GameSFTSamples
+    from models.tiny_lm import build_tiny_lm
+    from models.vlm import build_vlm
+
+    prompts = Path(__file__).resolve().parents[1] / "configs/visionzero/prompts/game_toy.yaml"
+    texts = GameSFTSamples(n_civilians=2, rounds=1, prompts_path=str(prompts)).corpus(60)
+    texts.append(prompts.read_text())
+    build_tiny_lm(root / "lm", texts=texts, hidden=32, layers=1, heads=2, max_positions=256)
+    vlm = build_vlm(str(root / "lm"), 32, num_visual_tokens=2, token_mode="split",
+                    vision_tower={"type": "open_clip", "model_name": "synthloop-micro-vit32"})
+    vlm.save_pretrained(root / "policy")
+    return str(root / "policy")

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from tests.conftest import build_tiny_game_policy
 from train.visionzero.config import GenerationConfig, LossConfig, PhaseConfig
 from train.visionzero.engine import Generation
 from train.visionzero.policy import GenData, _sample_kwargs, score_temperature
@@ -30,18 +31,7 @@ MAX_NEW = 6
 @pytest.fixture(scope="module")
 def tiny_policy_dir(tmp_path_factory):
     """A random tiny EmbeddingVLM (1-layer Llama, world-game tokenizer, micro CLIP tower) saved to disk."""
-    from datagen.visionzero.sft import GameSFTSamples
-    from models.tiny_lm import build_tiny_lm
-    from models.vlm import build_vlm
-
-    root = tmp_path_factory.mktemp("vz_temp")
-    texts = GameSFTSamples(n_civilians=2, rounds=1, prompts_path=TOY_PROMPTS).corpus(60)
-    texts.append(Path(TOY_PROMPTS).read_text())
-    build_tiny_lm(root / "lm", texts=texts, hidden=32, layers=1, heads=2, max_positions=256)
-    vlm = build_vlm(str(root / "lm"), 32, num_visual_tokens=2, token_mode="split",
-                    vision_tower={"type": "open_clip", "model_name": "synthloop-micro-vit32"})
-    vlm.save_pretrained(root / "policy")
-    return str(root / "policy")
+    return build_tiny_game_policy(tmp_path_factory.mktemp("vz_temp"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 
 from train.visionzero.config import GenerationConfig, LossConfig, PhaseConfig, RewardConfig
 from train.visionzero.module import VisionZeroSelfPlay, all_reduce_sum, k3_kl, policy_loss
-from tests.conftest import torchrun_visionzero_fit
+from tests.conftest import build_tiny_game_policy, torchrun_visionzero_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_PROMPTS = str(ROOT / "configs/visionzero/prompts/game_toy.yaml")
@@ -21,18 +21,7 @@ TOY_PROMPTS = str(ROOT / "configs/visionzero/prompts/game_toy.yaml")
 @pytest.fixture(scope="module")
 def tiny_policy_dir(tmp_path_factory):
     """A random tiny EmbeddingVLM (1-layer Llama, world-game tokenizer, micro CLIP tower) saved to disk."""
-    from datagen.visionzero.sft import GameSFTSamples
-    from models.tiny_lm import build_tiny_lm
-    from models.vlm import build_vlm
-
-    root = tmp_path_factory.mktemp("vz")
-    texts = GameSFTSamples(n_civilians=2, rounds=1, prompts_path=TOY_PROMPTS).corpus(60)
-    texts.append(Path(TOY_PROMPTS).read_text())
-    build_tiny_lm(root / "lm", texts=texts, hidden=32, layers=1, heads=2, max_positions=256)
-    vlm = build_vlm(str(root / "lm"), 32, num_visual_tokens=2, token_mode="split",
-                    vision_tower={"type": "open_clip", "model_name": "synthloop-micro-vit32"})
-    vlm.save_pretrained(root / "policy")
-    return str(root / "policy")
+    return build_tiny_game_policy(tmp_path_factory.mktemp("vz"))
 
 
 def test_k3_kl_and_loss_by_hand():
