@@ -57,6 +57,19 @@ def _check_level(score, key: str = "score") -> str | None:
     return None
 
 
+def _set_common(gen, owner: str, image_size, n_objects, split, text_mode, level_weights, max_changes,
+                why_one_object: str) -> None:
+    """Check and set the settings both generators share; each error names ``owner.<field>``."""
+    gen.image_size = check_size(image_size, f"{owner}.image_size")
+    if check_n_objects(n_objects, f"{owner}.n_objects")[0] < 1:
+        raise WorldConfigError(f"{owner}.n_objects: {why_one_object}; raise the lower bound to 1")
+    gen.n_objects = n_objects
+    gen.split = _check_choice(split, SPLITS, f"{owner}.split")
+    gen.text_mode = _check_choice(text_mode, TEXT_MODES, f"{owner}.text_mode")
+    gen.level_probs = _level_probs(level_weights, f"{owner}.level_weights")
+    gen.max_changes = _check_max_changes(max_changes, f"{owner}.max_changes")
+
+
 class LevelCaptions(SampleGenerator):
     """Rendered world scenes with a caption at a known quality level (UniFilter's image-text pairs).
 
@@ -72,16 +85,8 @@ class LevelCaptions(SampleGenerator):
     def __init__(self, image_size: int = 64, n_objects: int | tuple[int, int] = (1, 4), split: str = "train",
                  text_mode: str = "dense", level_weights: list[float] | None = None,
                  max_changes: int = MAX_CHANGES) -> None:
-        self.image_size = check_size(image_size, "LevelCaptions.image_size")
-        lo, _ = check_n_objects(n_objects, "LevelCaptions.n_objects")
-        if lo < 1:
-            raise WorldConfigError("LevelCaptions.n_objects: scenes need at least one object (levels 1 and 2 "
-                                   "change objects); raise the lower bound to 1")
-        self.n_objects = n_objects
-        self.split = _check_choice(split, SPLITS, "LevelCaptions.split")
-        self.text_mode = _check_choice(text_mode, TEXT_MODES, "LevelCaptions.text_mode")
-        self.level_probs = _level_probs(level_weights, "LevelCaptions.level_weights")
-        self.max_changes = _check_max_changes(max_changes, "LevelCaptions.max_changes")
+        _set_common(self, "LevelCaptions", image_size, n_objects, split, text_mode, level_weights, max_changes,
+                    "scenes need at least one object (levels 1 and 2 change objects)")
 
     def generate(self, rng: np.random.Generator, index: int) -> dict:
         """One sample: ``{"image", "txt", "score": level, "json": {"scene", "level", "level_name", "kind",
@@ -124,14 +129,8 @@ class InterleavedDocs(SampleGenerator):
             raise WorldConfigError(f"InterleavedDocs.n_segments: {n_segments!r} is not a count or an ordered range "
                                    "[lo, hi] with 1 <= lo <= hi <= 16")
         self.n_segments = (lo, hi)
-        if check_n_objects(n_objects, "InterleavedDocs.n_objects")[0] < 1:
-            raise WorldConfigError("InterleavedDocs.n_objects: scenes need at least one object; raise the lower "
-                                   "bound to 1")
-        self.n_objects = n_objects
-        self.split = _check_choice(split, SPLITS, "InterleavedDocs.split")
-        self.text_mode = _check_choice(text_mode, TEXT_MODES, "InterleavedDocs.text_mode")
-        self.level_probs = _level_probs(level_weights, "InterleavedDocs.level_weights")
-        self.max_changes = _check_max_changes(max_changes, "InterleavedDocs.max_changes")
+        _set_common(self, "InterleavedDocs", image_size, n_objects, split, text_mode, level_weights, max_changes,
+                    "scenes need at least one object")
 
     def generate(self, rng: np.random.Generator, index: int) -> dict:
         """One document (see the class docstring)."""
