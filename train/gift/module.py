@@ -16,6 +16,7 @@ the runner before the task, then fixed: :mod:`train.gift.fisher`), and GIFT's ab
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -128,10 +129,8 @@ class GIFTTask(pl.LightningModule):
 
     def _synthetic_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         tokens = self.tokenizer(batch["replay_txt"]).to(self.device)
-        if self.replay_bn == "frozen":  # replay images neither set nor update the student's BatchNorm statistics
-            with batchnorm_frozen(self.model):
-                s_img = self.model.encode_image(batch["replay_image"])
-        else:
+        # frozen: replay images neither set nor update the student's BatchNorm statistics
+        with batchnorm_frozen(self.model) if self.replay_bn == "frozen" else contextlib.nullcontext():
             s_img = self.model.encode_image(batch["replay_image"])
         s_txt = self.model.encode_text(tokens)
         student = clip_logits(s_img, s_txt, self.scale)
