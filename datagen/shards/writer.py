@@ -125,6 +125,7 @@ def write_shards(
     total: int | None = None,
     aux_image_format: str | None = None,
     mtime: float | None = 0.0,
+    pre_encoded: bool = False,
 ) -> ShardSetInfo:
     """Write ``samples`` to WebDataset shards ``out_dir/{prefix}-%06d.tar`` and a ``manifest.json``.
 
@@ -140,7 +141,8 @@ def write_shards(
     ``"image"``, default the same). ``mtime`` is stamped on every tar member (fixed by default so re-running an
     export gives byte-identical shards; None = now). ``total`` only sizes the progress bar. ``meta`` (JSON-able)
     is stored in the manifest. ``manifest.json`` and ``sizes.json`` (read by open_clip) are written atomically
-    at the end.
+    at the end. ``pre_encoded=True``: the samples are already ``{"__key__", extension: bytes}`` member dicts
+    (as read from another shard set); they are written byte for byte, not re-encoded.
     """
     image_format = image_format.lower().replace("jpeg", "jpg")
     aux_image_format = (aux_image_format or image_format).lower().replace("jpeg", "jpg")
@@ -221,7 +223,7 @@ def write_shards(
                 raise ValueError(f"duplicate sample key {key!r} (sample {counter}); keys must be unique in a shard set")
             seen_keys.add(key)
             sample["__key__"] = key
-            encoded = encode_sample(sample, image_format, jpeg_quality, aux_image_format)
+            encoded = sample if pre_encoded else encode_sample(sample, image_format, jpeg_quality, aux_image_format)
             if shard is not None and (shard.count >= maxcount or shard.size >= maxsize):
                 shard.commit()
                 names.append(os.path.basename(shard.path))
