@@ -2,6 +2,7 @@
 
 * :mod:`.cli` -- ``synthloop fit/validate``: LightningCLI with one-line config errors, ``--resume auto``;
 * :mod:`.datamodule` -- :class:`OnlineDataModule`: any generator or WebDataset shards -> batches, exact resume;
+* :mod:`.filtering` -- :class:`BatchFilter`, :class:`FilteredLoader`: an online filter stage before the trainer;
 * :mod:`.callbacks` -- :class:`DataMonitor`, :class:`SampleGridLogger`, :class:`ThroughputMonitor`;
 * :mod:`.strategies` -- DDP / DeepSpeed ZeRO-2/3 by name, CPU (gloo) DeepSpeed for tests;
 * :mod:`.preemption` -- SLURM signal -> checkpoint at a step boundary -> requeue -> resume;
@@ -21,6 +22,7 @@ _EXPORTS = {
     "ThroughputMonitor": ".callbacks",
     "OnlineDataModule": ".datamodule",
     "collate_samples": ".datamodule",
+    "BatchFilter": ".filtering",
     "PreemptionCheckpoint": ".preemption",
 }
 __all__ = sorted(_EXPORTS)

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -28,27 +27,15 @@ from datagen.stream import (DEFAULT_MAX_CONSECUTIVE_FAILURES, GeneratorStream, S
                             WorkerLoader, seed_everything_for_worker)
 from models.errors import UserError
 
+from .collate import collate_samples
+from .filtering import BUFFER_KEY, COUNTS_KEY, RAW_KEY, BatchFilter, FilteredLoader, FilterTransform
+
 log = logging.getLogger(__name__)
 
 
 class DataConfigError(UserError, ValueError):
     """A bad :class:`OnlineDataModule` argument: one line (``OnlineDataModule: <arg> ...``) that ``synthloop fit``
     turns into ``data.init_args.<arg>: ...``; a ValueError too, for callers that catch that."""
-
-
-def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collate dicts: tensors and numbers are stacked, everything else (strings, dicts) becomes a list."""
-    out: dict[str, Any] = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        first = values[0]
-        if isinstance(first, torch.Tensor):
-            out[key] = torch.stack(values)
-        elif isinstance(first, (bool, int, float)):
-            out[key] = torch.tensor(values)
-        else:
-            out[key] = values
-    return out
 
 
 class OnlineDataModule(pl.LightningDataModule):
@@ -69,6 +56,10 @@ class OnlineDataModule(pl.LightningDataModule):
         sample_timeout: seconds one ``generate`` call may take; a slower one is dropped and counted with its
             slot and index (``SampleTimeout``), and generation goes on (default null: no limit; an LLM-backed
             generator should set one). See :class:`datagen.stream.GeneratorStream`.
+        sample_filter: an online filter stage (:class:`train.core.filtering.BatchFilter`, e.g.
+            :class:`train.unifilter.online.ScoreFilter`): it decides per batch, in this process on the
+            trainer's device, which samples are trained on; batches are refilled to ``batch_size`` and resume
+            stays exact (:mod:`train.core.filtering`). Default null: every valid sample is trained on.
     """
 
     def __init__(
@@ -82,6 +73,7 @@ class OnlineDataModule(pl.LightningDataModule):
         transform: Callable[[dict], dict] | None = None,
         max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
         sample_timeout: float | None = None,
+        sample_filter: BatchFilter | None = None,
     ) -> None:
         super().__init__()
         if generator is None and shards is None:
@@ -108,6 +100,12 @@ class OnlineDataModule(pl.LightningDataModule):
         if sample_timeout is not None and (isinstance(sample_timeout, bool) or not sample_timeout > 0):
             raise DataConfigError(f"OnlineDataModule: sample_timeout must be > 0 seconds or null, got {sample_timeout!r}")
         self.sample_timeout = sample_timeout
+        if sample_filter is not None and not isinstance(sample_filter, BatchFilter):
+            raise DataConfigError(f"OnlineDataModule: sample_filter must be a train.core.filtering.BatchFilter "
+                                  f"(e.g. class_path train.unifilter.ScoreFilter), got {type(sample_filter).__name__}")
+        self.sample_filter = sample_filter
+        self.filter_buffer: list[dict[str, Any]] = []  # kept samples not yet trained on (filter only)
+        self.filter_counts: dict[str, int] = {}
         # slot -> (next position, produced, dropped) as of the last consumed sample of that slot
         self.slot_state: dict[int, tuple[int, int, int]] = {}
         self.consumed = 0
@@ -123,12 +121,13 @@ class OnlineDataModule(pl.LightningDataModule):
         return 0, 1
 
     def _transform(self) -> Callable[[dict], dict] | None:
-        if self.transform is not None:
-            return self.transform
+        transform = self.transform
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is not None and hasattr(module, "sample_transform"):
-            return module.sample_transform()
-        return None
+        if transform is None and module is not None and hasattr(module, "sample_transform"):
+            transform = module.sample_transform()
+        if self.sample_filter is not None:
+            return FilterTransform(transform, self.sample_filter)
+        return transform
 
     def build_stream(self) -> SlotStream:
         """The rank-placed stream, positioned where the last consumed batch left off."""
@@ -158,8 +157,13 @@ class OnlineDataModule(pl.LightningDataModule):
         return WorkerLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                             collate_fn=collate_samples, **kw)
 
-    def train_dataloader(self) -> DataLoader:
-        return self.make_loader(self.build_stream())
+    def train_dataloader(self) -> DataLoader | FilteredLoader:
+        loader = self.make_loader(self.build_stream())
+        if self.sample_filter is None:
+            return loader
+        if self.trainer is not None:
+            self.sample_filter.to(self.trainer.strategy.root_device)
+        return FilteredLoader(loader, self.sample_filter, self.batch_size, self.filter_buffer, self.filter_counts)
 
     def val_dataloader(self):
         """Evaluation belongs to the model (zero-shot sets, held-out games): delegate when it has some."""
@@ -185,18 +189,30 @@ class OnlineDataModule(pl.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and isinstance(batch, dict):
-            self.record_consumed(batch)
+            self.commit(batch)
         return batch
+
+    def commit(self, batch: dict[str, Any]) -> None:
+        """The trainer takes ``batch``: advance the stream positions past it (with a filter: past every raw
+        sample pulled to make it) and, with a filter, take over the buffer and counts as of this batch."""
+        if RAW_KEY in batch:
+            for raw in batch.pop(RAW_KEY):
+                self.record_consumed(raw)
+            self.filter_buffer = batch.pop(BUFFER_KEY)
+            self.filter_counts = batch.pop(COUNTS_KEY)
+        else:
+            self.record_consumed(batch)
 
     def counters(self) -> dict[str, int]:
         """Produced / dropped as of the consumed samples of this rank's slots, and samples consumed."""
         produced = sum(st[1] for st in self.slot_state.values())
         dropped = sum(st[2] for st in self.slot_state.values())
-        return {"produced": produced, "dropped_invalid": dropped, "consumed": self.consumed}
+        return {"produced": produced, "dropped_invalid": dropped, "consumed": self.consumed, **self.filter_counts}
 
     # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        local = {"slot_state": dict(self.slot_state), "consumed": self.consumed, "batches": self.batches}
+        local = {"slot_state": dict(self.slot_state), "consumed": self.consumed, "batches": self.batches,
+                 "filter": {"buffer": self.filter_buffer, "counts": self.filter_counts}}
         _, world = self._rank_world()
         if world > 1 and dist.is_available() and dist.is_initialized():
             gathered: list[Any] = [None] * world
@@ -215,6 +231,7 @@ class OnlineDataModule(pl.LightningDataModule):
             "slot_state": {int(k): list(v) for k, v in merged.items()},
             "consumed_per_rank": [g["consumed"] for g in gathered],
             "batches_per_rank": [g["batches"] for g in gathered],
+            "filter_per_rank": [g["filter"] for g in gathered] if self.sample_filter is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -240,3 +257,13 @@ class OnlineDataModule(pl.LightningDataModule):
         self.consumed = per_rank[rank] if rank < len(per_rank) else 0
         batches = state.get("batches_per_rank", [])
         self.batches = batches[rank] if rank < len(batches) else 0
+        filters = state.get("filter_per_rank") or []
+        if self.sample_filter is not None and not filters:
+            log.warning("the checkpoint was written without a sample filter: filtering starts now, with an empty "
+                        "buffer and zero counts")
+        if self.sample_filter is None and filters:
+            log.warning("the checkpoint was written with a sample filter and this run has none: its %d buffered "
+                        "kept sample(s) are not used", sum(len(f["buffer"]) for f in filters))
+        if self.sample_filter is not None and rank < len(filters):
+            self.filter_buffer = list(filters[rank]["buffer"])
+            self.filter_counts = dict(filters[rank]["counts"])
