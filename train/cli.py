@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unicorn-toy": ("train.unicorn.toy:main", "the Unicorn toy recipe end to end (text LM -> stage A -> stage B -> VQA)"),
     "visionzero-toy": ("train.visionzero.toy:main", "the Vision-Zero toy recipe end to end (SFT -> self-play -> eval)"),
     "visionzero-eval": ("train.visionzero.evaluate:main", "held-out spy games: trained vs base policy tables, phase plot"),
+    "export-hf": ("train.unicorn.export:main", "a Unicorn VLM folder -> a Hugging Face folder (AutoModelForImageTextToText)"),
     "score": ("train.unifilter.shards:score_main", "score WebDataset shards with a UniFilter scorer (Parquet per tar, resumable)"),
     "filter": ("train.unifilter.shards:filter_main", "new shards of the samples above a score or in the top fraction"),
 }
