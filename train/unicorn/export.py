@@ -20,12 +20,8 @@ import argparse
 import glob
 from pathlib import Path
 
+from models.errors import positive_int
 
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,13 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vlm", required=True, help="a VLM folder written by EmbeddingVLM.save_pretrained")
     p.add_argument("--out", required=True, help="the Hugging Face folder to write")
     ref = p.add_mutually_exclusive_group(required=True)
-    ref.add_argument("--world-pool", type=_positive, help="centre with N rendered world scenes")
+    ref.add_argument("--world-pool", type=positive_int, help="centre with N rendered world scenes")
     ref.add_argument("--reference-images", help="centre with these images (glob or folder)")
     ref.add_argument("--no-centering", action="store_true", help="no test-time centring")
     p.add_argument("--pool-seed", type=int, default=555_000_111, help="seed of --world-pool (the toy's default)")
-    p.add_argument("--image-size", type=_positive, default=None, help="render size of --world-pool (default: "
+    p.add_argument("--image-size", type=positive_int, default=None, help="render size of --world-pool (default: "
                    "the tower's input size)")
-    p.add_argument("--max-reference", type=_positive, default=4096)
+    p.add_argument("--max-reference", type=positive_int, default=4096)
     a = p.parse_args(argv)
     if not (Path(a.vlm) / "vlm_config.json").is_file():
         p.error(f"--vlm {a.vlm}: not a synthloop VLM folder (no vlm_config.json)")

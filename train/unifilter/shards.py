@@ -34,7 +34,7 @@ from typing import Any
 
 from datagen.shards import MANIFEST_NAME, decode_members, expand_urls, manifest_digests, write_shards
 from datagen.shards.reader import CorruptShardError, _scan_tar
-from models.errors import UserError
+from models.errors import UserError, positive_int
 from models.io import CHECKSUMS, atomic_write_json, file_sha256, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -296,12 +296,6 @@ def _fraction(text: str) -> float:
     return v
 
 
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
 
 def _finite(text: str) -> float:
     v = float(text)
@@ -316,7 +310,7 @@ def score_main(argv: list[str] | None = None) -> None:
     p.add_argument("--scorer", required=True, help="a UniFilter scorer folder (save_pretrained output)")
     p.add_argument("--shards", required=True, help="brace pattern, glob or directory of .tar shards")
     p.add_argument("--out", required=True, help="folder for the per-tar Parquet score files")
-    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default=None, help="default: cuda:<LOCAL_RANK> when CUDA is available, else cpu")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -343,7 +337,7 @@ def filter_main(argv: list[str] | None = None) -> None:
     rule.add_argument("--min-score", type=_finite, help="keep samples scoring at least this (levels 0..3)")
     rule.add_argument("--top-fraction", type=_fraction, help="keep this fraction of the highest-scoring samples")
     p.add_argument("--prefix", default="shard")
-    p.add_argument("--maxcount", type=_positive, default=1000, help="samples per output shard")
+    p.add_argument("--maxcount", type=positive_int, default=1000, help="samples per output shard")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
