@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_edited_config
+from tests.conftest import write_edited_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests/configs/clip_micro.yaml"

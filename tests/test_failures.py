@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import CountingGenerator
+from tests.conftest import CountingGenerator
 
 from train.core.checkpoints import (AtomicCheckpointIO, AtomicModelCheckpoint, checkpoint_problem, commit,
                                     find_resume_checkpoint, harden_trainer, latest_checkpoint, partial_path)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_edited_config
+from tests.conftest import write_edited_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests/configs/clip_micro.yaml"
