@@ -48,7 +48,7 @@ def test_lmms_eval_scores_the_exported_vlm_like_evaluate_vqa(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf_home"), "WANDB_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "synthloop_vlm", "--model_args",
-                           f"pretrained={tmp_path / 'hf'},device=cpu", "--tasks", "synthloop_vqa",
+                           f"pretrained={tmp_path / 'hf'},device=cpu,trust_remote_code=True", "--tasks", "synthloop_vqa",
                            "--include_path", str(tmp_path / "task"), "--batch_size", "4", "--log_samples",
                            "--output_path", str(tmp_path / "out")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

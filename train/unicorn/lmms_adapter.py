@@ -3,7 +3,7 @@
     pip install -c constraints.txt -e ".[eval]"
     synthloop export-hf --vlm runs/unicorn_toy/mean_shift/instruct_vlm --out runs/hf --reference-images DIR
     python -m train.unicorn.lmms_adapter task --vqa runs/world_vqa/test.jsonl --out runs/lmms_task
-    python -m lmms_eval --model synthloop_vlm --model_args pretrained=runs/hf,device=cpu \\
+    python -m lmms_eval --model synthloop_vlm --model_args pretrained=runs/hf,device=cpu,trust_remote_code=True \\
         --tasks synthloop_vqa --include_path runs/lmms_task --batch_size 8 --output_path runs/lmms_out
 
 **The model** (:class:`SynthloopVLM`, registered through the ``lmms_eval.models`` entry point of this package,
@@ -50,14 +50,19 @@ def _model_class():
         is_simple = True
 
         def __init__(self, pretrained: str, device: str = "cpu", batch_size: int | str = 1,
-                     max_new_tokens: int = 32, system_prompt: str | None = None, **kwargs: Any) -> None:
+                     max_new_tokens: int = 32, system_prompt: str | None = None,
+                     trust_remote_code: bool = False, **kwargs: Any) -> None:
             super().__init__()
             if not Path(pretrained, "config.json").is_file():
                 raise ValueError(f"synthloop_vlm: pretrained={pretrained} is not an `synthloop export-hf` folder "
                                  f"(no config.json)")
-            self.model = AutoModelForImageTextToText.from_pretrained(pretrained, trust_remote_code=True).to(device)
+            if trust_remote_code is not True:
+                raise ValueError(f"synthloop_vlm: {pretrained} carries its model code (modeling_synthloop_vlm.py); "
+                                 f"read it, then add trust_remote_code=True to --model_args")
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                pretrained, trust_remote_code=trust_remote_code).to(device)
             self.model.eval()
-            self.processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=True)
+            self.processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
             self.tokenizer = self.processor.tokenizer
             self.tokenizer.padding_side = "left"
             self._device = torch.device(device)
