@@ -142,6 +142,7 @@ def continual(
     precision: str = "32-true",
     max_tasks: int | None = None,
     collective_timeout: float | None = None,
+    tiny_random: bool = False,
 ) -> dict[str, float]:
     """Run (or resume) a continual task sequence; returns Transfer / Avg / Last / BWT.
 
@@ -177,7 +178,15 @@ def continual(
         strategy: ddp (or auto); DeepSpeed strategies are refused (see ``GIFTTask.setup``).
         collective_timeout: seconds a rank waits for a dead or stuck peer (default
             ``$SYNTHLOOP_COLLECTIVE_TIMEOUT_S``, else torch's 30 min).
+        tiny_random: run the config's code path offline with stand-ins built under
+            ``<out_dir>/tiny_random/``: ``model_name`` randomly initialised (``pretrained`` ignored), a
+            miniature MTIL tree for the ``folder:`` tasks (``datagen.gift.mini_mtil``), a tiny random
+            diffusers pipeline for a ``diffusers`` replay backend, its own replay cache, CPU fp32 where no
+            GPU is present. Plumbing checks only: the accuracies mean nothing.
     """
+    if tiny_random:
+        pretrained, folder_root, replay_backend, replay_cache, accelerator, devices, precision = _tiny_random_setup(
+            out_dir, tasks, model_name, replay_backend, accelerator, devices, precision)
     args = dict(locals())  # the call's settings, checked before anything is built
     from train.gift.validate import RECORDED, check_same_run, check_settings, check_weights, read_state, task_name
 
@@ -353,6 +362,35 @@ def continual(
             print("\n" + format_matrix_table(matrix.values, names))
         return metrics
     return matrix.metrics()
+
+
+def _tiny_random_setup(out_dir: str, tasks: list[str], model_name: str, replay_backend: dict[str, Any] | None,
+                       accelerator: str, devices: int, precision: str) -> tuple:
+    """The stand-ins of ``continual(tiny_random=True)``, built (once) under ``<out_dir>/tiny_random/``."""
+    import torch
+
+    from datagen.gift.backends import tiny_diffusers_pipeline
+    from datagen.gift.mini_mtil import build_mini_mtil
+    from train.gift.validate import task_name
+
+    root = Path(out_dir) / "tiny_random"
+    folders = [task_name(t) for t in tasks if t.startswith("folder:")]
+    folder_root = str(build_mini_mtil(root / "mtil", folders)) if folders else None
+    backend = dict(replay_backend or {"backend": "world", "image_size": 64})
+    if backend.get("backend") == "diffusers":
+        sd = root / "sd"
+        if not (sd / "model_index.json").is_file():
+            tiny_diffusers_pipeline(sd)
+        backend.update(model=str(sd), height=32, width=32, steps=2, batch_size=16)
+    if not torch.cuda.is_available():
+        accelerator, devices, precision = "cpu", 1, "32-true"
+        if backend.get("backend") == "diffusers":
+            backend.update(device="cpu", dtype="fp32")
+    log.warning("tiny-random: %s with random weights, %s, %s; every figure of this run is meaningless",
+                model_name, f"a miniature MTIL tree at {folder_root}" if folders else "no folder tasks",
+                f"a tiny random diffusion pipeline at {backend['model']}" if backend.get("backend") == "diffusers"
+                else f"replay backend {backend.get('backend')}")
+    return None, folder_root, backend, str(root / "replay_cache"), accelerator, devices, precision
 
 
 def _read_matrix(path: Path, cls: Any) -> Any:
