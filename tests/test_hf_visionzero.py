@@ -327,10 +327,12 @@ data:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_selfplay_on_tiny_qwen(tiny_qwen_dir, tmp_path):
-    """``synthloop fit`` (train.cli) with ``VisionZeroSelfPlay`` on the tiny Qwen2.5-VL, 2 CPU processes (DDP)."""
-    logs = torchrun_visionzero_fit(DDP_CONFIG.format(root=tmp_path, policy=tiny_qwen_dir, prompts=GAME_PROMPTS),
-                                   tmp_path, port=29657)
+@pytest.mark.parametrize("strategy,port", [("ddp", 29657), ("deepspeed_stage_3", 29667)])
+def test_two_process_selfplay_on_tiny_qwen(tiny_qwen_dir, tmp_path, strategy, port):
+    """``synthloop fit`` (train.cli) with ``VisionZeroSelfPlay`` on the tiny Qwen2.5-VL, 2 CPU processes: DDP, and
+    DeepSpeed ZeRO-3 over gloo (the real-scale config's strategy; generation with ``synced_gpus``)."""
+    config = DDP_CONFIG.format(root=tmp_path, policy=tiny_qwen_dir, prompts=GAME_PROMPTS)
+    logs = torchrun_visionzero_fit(config.replace("strategy: ddp", f"strategy: {strategy}"), tmp_path, port=port)
     idx = {r: [g["index"] for e in logs[r] for g in e["games"]] for r in (0, 1)}
     assert sorted(idx[0] + idx[1]) == list(range(4))
     _answers_with_auto_classes(tmp_path / "export")  # rank 0 exported a loadable Qwen2.5-VL

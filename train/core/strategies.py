@@ -262,6 +262,24 @@ def full_params(module: torch.nn.Module, owner: Any):
         yield
 
 
+def hf_zero3_config(owner: Any) -> Any:
+    """Under ZeRO-3, tell ``transformers`` that DeepSpeed ZeRO-3 is on, before a model is loaded in
+    ``configure_model``; returns the object to keep alive (None otherwise).
+
+    Lightning builds the model inside ``deepspeed.zero.Init``, so every parameter is partitioned as soon as
+    it is created. ``from_pretrained`` only handles partitioned parameters (weight initialisation under
+    ``GatheredParameters``, the checkpoint loaded into the shards) when ``is_deepspeed_zero3_enabled()``,
+    which reads a weak reference to an ``HfDeepSpeedConfig``. Without it, loading Qwen2.5-VL failed at once
+    (``IndexError`` zeroing the padding row of a partitioned, empty embedding weight). The caller keeps the
+    returned object as long as the model is used (transformers also consults it later).
+    """
+    if _module_stage(owner) != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(owner._trainer.strategy.config)
+
+
 def clamp_param_(param: torch.nn.Parameter, low: float, high: float, owner: Any) -> None:
     """``param.clamp_(low, high)`` that also holds under DeepSpeed, where the optimizer keeps its own fp32
     master copy (clamping the model's copy would be undone at the next step). Collective under DeepSpeed."""

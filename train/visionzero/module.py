@@ -148,6 +148,10 @@ class VisionZeroSelfPlay(pl.LightningModule):
     def configure_model(self) -> None:
         if self.vlm is not None:
             return
+        from train.core.strategies import hf_zero3_config
+
+        # under ZeRO-3, from_pretrained must know that Lightning's zero.Init partitions what it creates
+        object.__setattr__(self, "_hf_ds_config", hf_zero3_config(self))
         hp = self.hparams
         vlm, processor = self._load()
         lora = hp.lora
@@ -431,20 +435,21 @@ class VisionZeroSelfPlay(pl.LightningModule):
         return super().load_state_dict(state_dict, strict, *args, **kwargs)
 
     def on_train_end(self) -> None:
+        from train.core.strategies import full_params
+
         out_dir = Path(self.trainer.log_dir or ".")  # a collective under DDP: every rank must ask
-        if not self.trainer.is_global_zero:
-            return
         hist = {"history": self.phase_ctl.history, "rae": self.rae.state_dict()}
-        (out_dir / "phase_history.json").write_text(json.dumps(hist, indent=1))
-        if self.hparams.export_path:
-            if is_deepspeed(self.trainer.strategy):
-                log.warning("DeepSpeed: parameters may be partitioned; export from the checkpoint instead "
-                            "(see docs/visionzero.md)")
-                return
-            export = Path(self.hparams.export_path)
-            if hasattr(self.policy, "save_pretrained"):  # hf_vlm: model (LoRA merged) + processor
-                self.policy.save_pretrained(export)
-            elif hasattr(self.vlm, "save_pretrained"):
-                self.vlm.save_pretrained(export)
-            (export / "phase_history.json").write_text(json.dumps(hist, indent=1))
-            self.print(f"trained policy: {export}")
+        if self.trainer.is_global_zero:
+            (out_dir / "phase_history.json").write_text(json.dumps(hist, indent=1))
+        if not self.hparams.export_path:
+            return
+        # ZeRO-3 partitions the policy across ranks: every rank joins the gather, rank 0 writes the whole model
+        with full_params(self.vlm, self):
+            if self.trainer.is_global_zero:
+                export = Path(self.hparams.export_path)
+                if hasattr(self.policy, "save_pretrained"):  # hf_vlm: model (LoRA merged) + processor
+                    self.policy.save_pretrained(export)
+                elif hasattr(self.vlm, "save_pretrained"):
+                    self.vlm.save_pretrained(export)
+                (export / "phase_history.json").write_text(json.dumps(hist, indent=1))
+                self.print(f"trained policy: {export}")
