@@ -16,9 +16,10 @@ shapes, colours, materials, sizes, counts and left/right order) and changes the 
 * digits drawn from a font (Pillow's bundled scalable font) at a random size, slant and stroke, light
   ink on the dark background: no image from sklearn's digits, the digits task's own source.
 
-A diffusers UNet trained on other-style renders (the method's own setting) was not tried; this
-procedural generator is the documented fallback (``docs/gift.md``, "Replay backends"). How far its
-images are from the evaluation images is measured by ``bench/replay_gap.py``.
+A diffusers UNet trained on these renders (the method's own kind of generator) was tried with
+``bench/toy_diffusion.py``: after 15 CPU minutes its samples did not show their prompts
+(``docs/results/gift.md``, "A diffusion replay generator, tried"), so this procedural generator is the
+toy's replay. How far its images are from the evaluation images is measured by ``bench/replay_gap.py``.
 """
 
 from __future__ import annotations
