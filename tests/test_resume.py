@@ -8,6 +8,9 @@ checkpoint on equals an uninterrupted run's (CPU, deterministic), for every land
 * GIFT continual (``synthloop continual``, one process): a killed sequence resumes at the interrupted
   task's last step checkpoint (replay sets reused, finished tasks reloaded); per-step losses of every
   task, the accuracy matrix and the final weights equal the uninterrupted run's.
+* Vision-Zero self-play on a tiny random Qwen2.5-VL (``synthloop fit``, one process, ``resume: auto``):
+  per-step losses, the phase history and the exported ``save_pretrained`` weights equal the
+  uninterrupted run's.
 
 The kill step is random (printed on failure; ``SYNTHLOOP_TEST_KILL_AT`` fixes it). The launcher and
 every process under it (torchrun starts its workers in sessions of their own) get SIGKILL at once, as
@@ -181,3 +184,46 @@ def test_gift_continual_kill9_and_resume_equals_uninterrupted(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), why
     # finished tasks are not trained again; the interrupted one continues from its last checkpoint
     assert _first_after(part / "trace.jsonl", n) == (task, k0 + 1), why
+
+
+@pytest.mark.slow
+def test_visionzero_qwen_kill9_and_resume_equals_uninterrupted(tmp_path):
+    """Vision-Zero self-play on a tiny random ``Qwen2_5_VLForConditionalGeneration`` (the real-scale config's
+    policy class, full fine-tuning, π_ref a second copy): kill -9 mid-run, the same command again, and the
+    per-step losses, the phase history and the exported weights equal an uninterrupted run's."""
+    from datagen.text.corpus import world_corpus
+    from models.tiny_hf import build_tiny_qwen25_vl
+
+    policy = build_tiny_qwen25_vl(tmp_path / "qwen", texts=world_corpus(200))
+
+    def cmd(d: Path) -> list[str]:
+        return [sys.executable, "-m", "train.cli", "fit", "--config", str(ROOT / "tests/configs/visionzero_qwen_resume.yaml"),
+                f"--model.init_args.policy_path={policy}",
+                f"--model.init_args.prompts_path={ROOT / 'configs/visionzero/prompts/game.yaml'}",
+                f"--model.init_args.export_path={d}/export", f"--trainer.default_root_dir={d}/run",
+                f"--trainer.logger.init_args.save_dir={d}/run"]
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    full.mkdir(), part.mkdir()
+    _run(cmd(full), full, _env(full / "trace.jsonl"))
+    reference = read_trace(full / "trace.jsonl")
+    assert sorted(s for _, s in reference) == list(range(1, 7))
+    assert all(isinstance(v, float) for v in reference.values()), reference  # the loss is logged every step
+
+    kill_at = _kill_point(3, 5)
+    ckpts = part / "run" / "vz_resume" / "version_0" / "checkpoints"
+    n = _kill_at(cmd(part), part, _env(part / "trace.jsonl"), part / "trace.jsonl", kill_at,
+                 lambda: find_resume_checkpoint(ckpts) is not None)
+    why = f"(killed after {n} steps; SYNTHLOOP_TEST_KILL_AT={kill_at} reproduces)"
+    assert n < 6, why
+    k0 = torch.load(find_resume_checkpoint(ckpts), map_location="cpu", weights_only=True)["global_step"]
+    _run(cmd(part), part, _env(part / "trace.jsonl"))
+
+    assert read_trace(part / "trace.jsonl") == reference, why
+    assert _first_after(part / "trace.jsonl", n) == ("run", k0 + 1), why
+    assert (json.loads((part / "export" / "phase_history.json").read_text())
+            == json.loads((full / "export" / "phase_history.json").read_text())), why
+    from safetensors.torch import load_file
+
+    a, b = load_file(full / "export" / "model.safetensors"), load_file(part / "export" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), why
