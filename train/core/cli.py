@@ -6,6 +6,8 @@
     synthloop fit --config ... --resume auto   (after a crash: continue from the valid checkpoint with the
                                                highest global step, see train.core.checkpoints)
     synthloop fit --config ... --trainer.strategy=deepspeed_stage_3 --collective_timeout=600
+    synthloop fit --config configs/unicorn/llama3_align.yaml --tiny_random   (the config's code path offline on
+                                               tiny random real architectures, see train.core.tiny_random)
 
 The other commands (``continual``, ``datagen``, the toy runners) are listed by ``synthloop --help``
 (:mod:`train.cli`); :func:`fit_stage` is how the toy runners chain ``fit`` stages in one process.
@@ -263,6 +265,9 @@ def lightning_main(argv: list[str]) -> None:
     """``synthloop fit|validate|test|predict ...``: LightningCLI, a config mistake ends in one line."""
     argv = list(argv)
     _check_config_files(argv)
+    from train.core import tiny_random
+
+    argv = tiny_random.apply(argv)  # --tiny_random: stand-ins for the config's local weights and data
     try:
         run_cli(argv)
     except Exception as exc:
