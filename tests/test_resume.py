@@ -108,6 +108,25 @@ def _first_after(trace: Path, n: int) -> tuple[str, int]:
     return rec["run"], rec["step"]
 
 
+def _uninterrupted_then_killed(cmd, tmp_path: Path, steps: int, kill_range: tuple[int, int], run_name: str):
+    """Run ``cmd`` uninterrupted in ``full/``, then in ``part/`` killed at a random step once a checkpoint
+    exists (``fit`` runs with ``resume: auto``). Returns (full, part, reference trace, records the killed
+    run left, global step of the checkpoint a rerun resumes from, the reproduce hint)."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    full.mkdir(), part.mkdir()
+    _run(cmd(full), full, _env(full / "trace.jsonl"))
+    reference = read_trace(full / "trace.jsonl")
+    assert sorted(s for _, s in reference) == list(range(1, steps + 1))
+    kill_at = _kill_point(*kill_range)
+    ckpts = part / "run" / run_name / "version_0" / "checkpoints"
+    n = _kill_at(cmd(part), part, _env(part / "trace.jsonl"), part / "trace.jsonl", kill_at,
+                 lambda: find_resume_checkpoint(ckpts) is not None)
+    why = f"(killed after {n} steps; SYNTHLOOP_TEST_KILL_AT={kill_at} reproduces)"
+    assert n < steps, why
+    k0 = torch.load(find_resume_checkpoint(ckpts), map_location="cpu", weights_only=True)["global_step"]
+    return full, part, reference, n, k0, why
+
+
 @pytest.mark.slow
 def test_clip_ddp_kill9_and_resume_equals_uninterrupted(tmp_path):
     def cmd(d: Path) -> list[str]:
@@ -116,20 +135,8 @@ def test_clip_ddp_kill9_and_resume_equals_uninterrupted(tmp_path):
                 "--trainer.devices=2", "--trainer.strategy=ddp", f"--trainer.default_root_dir={d}/run",
                 f"--trainer.logger.init_args.save_dir={d}/run", f"--model.init_args.export_path={d}/clip.pt"]
 
-    full, part = tmp_path / "full", tmp_path / "part"
-    full.mkdir(), part.mkdir()
-    _run(cmd(full), full, _env(full / "trace.jsonl"))
-    reference = read_trace(full / "trace.jsonl")
-    assert sorted(s for _, s in reference) == list(range(1, 11))
-
-    kill_at = _kill_point(3, 8)
+    full, part, reference, n, k0, why = _uninterrupted_then_killed(cmd, tmp_path, 10, (3, 8), "clip_resume")
     ckpts = part / "run" / "clip_resume" / "version_0" / "checkpoints"
-    n = _kill_at(cmd(part), part, _env(part / "trace.jsonl"), part / "trace.jsonl", kill_at,
-                 lambda: find_resume_checkpoint(ckpts) is not None)
-    why = f"(killed after {n} steps; SYNTHLOOP_TEST_KILL_AT={kill_at} reproduces)"
-    assert n < 10, why
-    resume_from = find_resume_checkpoint(ckpts)
-    k0 = torch.load(resume_from, map_location="cpu", weights_only=True)["global_step"]
     assert 2 <= k0 <= n, why
     _run(cmd(part), part, _env(part / "trace.jsonl"))  # the same command again
 
@@ -203,20 +210,8 @@ def test_visionzero_qwen_kill9_and_resume_equals_uninterrupted(tmp_path):
                 f"--model.init_args.export_path={d}/export", f"--trainer.default_root_dir={d}/run",
                 f"--trainer.logger.init_args.save_dir={d}/run"]
 
-    full, part = tmp_path / "full", tmp_path / "part"
-    full.mkdir(), part.mkdir()
-    _run(cmd(full), full, _env(full / "trace.jsonl"))
-    reference = read_trace(full / "trace.jsonl")
-    assert sorted(s for _, s in reference) == list(range(1, 7))
+    full, part, reference, n, k0, why = _uninterrupted_then_killed(cmd, tmp_path, 6, (3, 5), "vz_resume")
     assert all(isinstance(v, float) for v in reference.values()), reference  # the loss is logged every step
-
-    kill_at = _kill_point(3, 5)
-    ckpts = part / "run" / "vz_resume" / "version_0" / "checkpoints"
-    n = _kill_at(cmd(part), part, _env(part / "trace.jsonl"), part / "trace.jsonl", kill_at,
-                 lambda: find_resume_checkpoint(ckpts) is not None)
-    why = f"(killed after {n} steps; SYNTHLOOP_TEST_KILL_AT={kill_at} reproduces)"
-    assert n < 6, why
-    k0 = torch.load(find_resume_checkpoint(ckpts), map_location="cpu", weights_only=True)["global_step"]
     _run(cmd(part), part, _env(part / "trace.jsonl"))
 
     assert read_trace(part / "trace.jsonl") == reference, why
