@@ -193,6 +193,8 @@ def test_open_clip_trainer_starts_from_the_local_dir_on_our_shards(run_dir, tmp_
     assert "no-glue check: synthloop modules imported: [] | open_clip knows synthloop-micro-vit32: False" in log
     assert f"Loading full pretrained weights from: {folder}/open_clip_model.safetensors" in log  # no --pretrained
     assert "Train Epoch: 0 [16/16 (100%)]" in log
+    print("\nopen_clip_train printed:\n" + "\n".join(line for line in log.splitlines()
+                                                  if "Loading full pretrained" in line or "Train Epoch" in line))
     ckpt = tmp_path / "logs" / "from-synthloop" / "checkpoints" / "epoch_1.pt"
     assert ckpt.is_file(), log[-3000:]
     start, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")

@@ -163,6 +163,41 @@ def test_sigterm_checkpoints_exits_143_and_resume_auto_is_exact(tmp_path):
     assert [cut[s] for s in sorted(ref) if s > stopped_at] == [ref[s] for s in sorted(ref) if s > stopped_at]
 
 
+@pytest.mark.slow
+def test_sigterm_reaching_rank_0_alone_mid_step_stops_both_ranks_at_one_boundary(tmp_path):
+    """Two DDP ranks under torchrun; SIGTERM goes to rank 0's process only, so rank 1 never has the flag.
+    Lightning's own end-of-step check used to stop rank 0 alone: it entered the checkpoint's collectives
+    while rank 1 waited in the next step's broadcast, and both hung (seen in CI under the SLURM test).
+    Now rank 0's flag is broadcast at the next step start: both ranks stop there and write one checkpoint."""
+    import psutil
+
+    trace = tmp_path / "trace.jsonl"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29671", "-m",
+           "train.cli", "fit", "--config", str(ROOT / "tests/configs/clip_resume.yaml"), "--trainer.devices=2",
+           "--trainer.strategy=ddp", "--trainer.max_steps=40", f"--trainer.default_root_dir={tmp_path}/run",
+           f"--trainer.logger.init_args.save_dir={tmp_path}/run"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env={**_env(SYNTHLOOP_TRACE=str(trace)), "OMP_NUM_THREADS": "1"},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT
+    while (not trace.exists() or len(trace.read_text().splitlines()) < 4) and p.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rank0 = [c for c in psutil.Process(p.pid).children(recursive=True)
+             if c.environ().get("RANK") == "0" and "train.cli" in " ".join(c.cmdline())]
+    assert len(rank0) == 1, rank0
+    rank0[0].send_signal(signal.SIGTERM)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        for c in psutil.Process(p.pid).children(recursive=True):
+            c.kill()
+        p.kill()
+        pytest.fail("the ranks hung after a SIGTERM to rank 0 alone")
+    saved = list((tmp_path / "run" / "clip_resume" / "version_0" / "checkpoints").glob("sigterm-step*.ckpt"))
+    assert len(saved) == 1, err[-3000:]
+    assert int(saved[0].stem.split("step")[1]) < 40
+
+
 # -- mistakes that used to overwrite or be silently accepted ----------------------------------------
 def test_an_abbreviated_option_is_refused(tmp_path):
     proc = _fit(tmp_path, "--trainer.max_step=3", check=False)

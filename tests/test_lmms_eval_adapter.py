@@ -56,6 +56,8 @@ def test_lmms_eval_scores_the_exported_vlm_like_evaluate_vqa(tmp_path):
     results = list((tmp_path / "out").rglob("*_results.json"))
     assert results, proc.stdout[-2000:] + proc.stderr[-2000:]
     acc = json.loads(results[0].read_text())["results"]["synthloop_vqa"]["synthloop_acc,none"]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    print("\nlmms-eval printed:\n" + "\n".join(table) + f"\nevaluate_vqa: accuracy {ours['accuracy']}")  # pytest -s
     assert abs(acc - ours["accuracy"]) < 1e-9
     samples = [json.loads(line) for f in (tmp_path / "out").rglob("*synthloop_vqa*.jsonl")
                for line in f.read_text().splitlines() if line.strip()]

@@ -227,8 +227,16 @@ def _flag_only_sigterm(trainer: pl.Trainer) -> None:
     torchrun every rank gets the signal, each at a different point of its step, so those broadcasts pair
     with the step's own collectives (an ``all_gather`` on one rank, the extra broadcast on another): the
     ranks deadlock until the scheduler kills them, with no checkpoint (seen under a real SLURM:
-    ``scancel --signal=TERM`` ended a 2-task job in SIGKILL after KillWait). The flag alone is enough:
-    Lightning broadcasts rank 0's flag at every step boundary and all ranks stop at the same step.
+    ``scancel --signal=TERM`` ended a 2-task job in SIGKILL after KillWait).
+
+    With several ranks the flag must not be Lightning's own ``received_sigterm`` either: besides the
+    broadcast of rank 0's flag at the start of every step, Lightning checks the *local* flag at the end of
+    a step (``_TrainingEpochLoop.on_advance_end``) and of an epoch. A rank whose signal arrived during step
+    k stopped after it, alone, and entered the checkpoint's collectives while the others were already in
+    step k+1's broadcast: a deadlock (seen in CI under the real SLURM test). So the handler sets a pending
+    flag, and the step-start broadcast (replaced on this trainer's epoch loop) turns rank 0's pending flag
+    into ``received_sigterm`` on every rank at once, then stops them all at that boundary. With one rank
+    the handler sets ``received_sigterm`` itself.
     """
     from pytorch_lightning.trainer.connectors.signal_connector import _HandlersCompose
 
@@ -237,15 +245,32 @@ def _flag_only_sigterm(trainer: pl.Trainer) -> None:
     if connector is None or not isinstance(composed, _HandlersCompose):
         return
 
+    state = {"pending": False}
+
     def flag(signum: int, frame: Any) -> None:
-        if not connector.received_sigterm:
+        if not state["pending"]:
             launcher = trainer.strategy.launcher
             if launcher is not None:
                 launcher.kill(signum)
-        connector.received_sigterm = True
+        state["pending"] = True
+        if trainer.world_size == 1:
+            connector.received_sigterm = True  # one rank: Lightning's local checks stop it
+
+    def synced_stop() -> None:
+        """At a step boundary, on every rank: stop together if rank 0 has a pending SIGTERM."""
+        import torch
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        decision = torch.tensor([1 if state["pending"] else 0], device=trainer.strategy.root_device)
+        torch.distributed.broadcast(decision, src=0)
+        if int(decision.item()) == 1:
+            connector.received_sigterm = True
+            torch.distributed.barrier()
+            raise SIGTERMException()
 
     notifier = getattr(connector, "_sigterm_notifier_fn", None)
     composed.signal_handlers = [flag if h == notifier else h for h in composed.signal_handlers]
+    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = synced_stop  # called at each step start, ranks > 1
 
 
 def _slurm_job_id() -> str | None:
