@@ -199,14 +199,20 @@ def config_problem(exc: BaseException, cfg) -> str | None:
     return locate_config_error(exc, cfg, direct=(ValueError, TypeError, KeyError))
 
 
-def _check_config_files(argv: list[str]) -> None:
+def config_paths(argv: list[str]) -> list[str]:
+    """The config files a command line names (``--config F``, ``-c F``, ``--config=F``), in order."""
+    paths = []
     for i, arg in enumerate(argv):
-        path = None
         if arg in ("--config", "-c") and i + 1 < len(argv):
-            path = argv[i + 1]
+            paths.append(argv[i + 1])
         elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        if path is not None and not Path(path).is_file():
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def _check_config_files(argv: list[str]) -> None:
+    for path in config_paths(argv):
+        if not Path(path).is_file():
             raise SystemExit(f"synthloop: error: config file {path!r} does not exist")
 
 

@@ -44,12 +44,10 @@ def _config(argv: list[str]) -> dict[str, Any]:
     """The merged top-level mapping of the ``--config`` files (later files win, one level deep per section)."""
     import yaml
 
+    from train.core.cli import config_paths
+
     merged: dict[str, Any] = {}
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else (
-            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
-        if path is None:
-            continue
+    for path in config_paths(argv):
         doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         for k, v in doc.items():
             merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
@@ -114,11 +112,10 @@ def _unicorn(root: Path, margs: dict, dargs: dict, what: list[str]) -> list[str]
     if not clip.is_file():
         import open_clip
 
-        from models.io import atomic_write
+        from models.clip import save_open_clip_checkpoint
 
         torch.manual_seed(0)
-        state = {"state_dict": open_clip.create_model("ViT-B-16", pretrained=None).state_dict()}
-        atomic_write(clip, lambda p: torch.save(state, p))
+        save_open_clip_checkpoint(open_clip.create_model("ViT-B-16", pretrained=None), clip, "ViT-B-16")
     out += ["--model.init_args.clip_model", "ViT-B-16", "--model.init_args.clip_checkpoint", str(clip),
             "--model.init_args.text_mean_warmup", "8"]
     what.append(f"open_clip ViT-B-16 with random weights ({clip})")
