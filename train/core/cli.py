@@ -27,6 +27,7 @@ from pytorch_lightning.cli import LightningCLI
 
 from datagen.errors import config_error_line
 from models.errors import DEBUG_ENV, UserError
+from train.core.argv import config_paths
 from train.core.datamodule import OnlineDataModule
 
 
@@ -197,17 +198,6 @@ def config_problem(exc: BaseException, cfg) -> str | None:
             exc, "_instantiate_trainer"):  # Trainer(...) refused a value (devices, accelerator, strategy)
         return f"trainer: {' '.join(str(exc).split())}"
     return locate_config_error(exc, cfg, direct=(ValueError, TypeError, KeyError))
-
-
-def config_paths(argv: list[str]) -> list[str]:
-    """The config files a command line names (``--config F``, ``-c F``, ``--config=F``), in order."""
-    paths = []
-    for i, arg in enumerate(argv):
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            paths.append(argv[i + 1])
-        elif arg.startswith("--config="):
-            paths.append(arg.split("=", 1)[1])
-    return paths
 
 
 def _check_config_files(argv: list[str]) -> None:
