@@ -87,7 +87,9 @@ def test_llama3_configs_run_stage_a_and_b_with_tiny_random(tmp_path):
 def test_qwen25vl_zero3_config_runs_with_tiny_random(tmp_path):
     runs = tmp_path / "runs"
     proc = _fit("configs/visionzero/qwen25vl_zero3.yaml", runs, "--trainer.max_steps", "1",
-                "--data.init_args.batch_size", "1", "--model.init_args.export_path", str(tmp_path / "export"))
+                "--data.init_args.batch_size", "1", "--model.init_args.export_path", str(tmp_path / "export"),
+                "--model.init_args.generation.clue_max_new_tokens", "8",  # a random LM rarely stops: 256 tokens a
+                "--model.init_args.generation.decision_max_new_tokens", "8")  # turn are most of the time
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tiny-random: a tiny random Qwen2.5-VL" in proc.stderr
     from transformers import AutoModelForImageTextToText

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,9 @@ class FaultInjection(pl.Callback):
             os._exit(1)
         if self.hang_at_step is not None and trainer.global_step >= self.hang_at_step:
             print(f"FaultInjection: rank {trainer.global_rank} hangs at step {trainer.global_step}", flush=True)
+            # the launcher's SIGTERM ends a hung rank at once (the default action) rather than after torchrun's
+            # 30-s grace and SIGKILL: the preemption handler would only note it for a step boundary never reached
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             while True:
                 time.sleep(3600)
 

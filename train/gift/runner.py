@@ -375,7 +375,7 @@ def _tiny_random_setup(out_dir: str, tasks: list[str], model_name: str, replay_b
 
     root = Path(out_dir) / "tiny_random"
     folders = [task_name(t) for t in tasks if t.startswith("folder:")]
-    folder_root = str(build_mini_mtil(root / "mtil", folders)) if folders else None
+    folder_root = str(build_mini_mtil(root / "mtil", folders, per_class=1)) if folders else None  # every class
     backend = dict(replay_backend or {"backend": "world", "image_size": 64})
     if backend.get("backend") == "diffusers":
         sd = root / "sd"
