@@ -72,7 +72,11 @@ def _arm_overrides(arm: str, seed: int, scorer: Path | None, steps: int, batch: 
     return o
 
 
+_EVAL_SETS: dict = {}
+
+
 def _zero_shot_items(ckpt: Path, split: str, per_class: int) -> dict[str, np.ndarray]:
+    """Per evaluation image of each family, whether the checkpoint's zero-shot top-1 is right."""
     import torch
 
     from models.clip import create_clip
@@ -80,31 +84,49 @@ def _zero_shot_items(ckpt: Path, split: str, per_class: int) -> dict[str, np.nda
 
     bundle = create_clip("synthloop-tiny-rn64", pretrained=str(ckpt))
     model = bundle.model.eval()
-    sets = build_world_eval_sets(FAMILIES, per_class, seed=1234, image_size=bundle.image_size,
-                                 preprocess=bundle.preprocess_val, split=split)
-    return {es.name: zero_shot_correct(model, bundle.tokenizer, es, torch.device("cpu")).numpy() for es in sets}
+    if (split, per_class) not in _EVAL_SETS:  # rendered once per split: every arm sees the same images
+        _EVAL_SETS[split, per_class] = build_world_eval_sets(FAMILIES, per_class, seed=1234,
+                                                             image_size=bundle.image_size,
+                                                             preprocess=bundle.preprocess_val, split=split)
+    return {es.name: zero_shot_correct(model, bundle.tokenizer, es, torch.device("cpu")).numpy()
+            for es in _EVAL_SETS[split, per_class]}
 
 
-def _scorer_test(scorer: Path, n: int) -> dict:
-    """Rounded-score accuracy and confusion of ``scorer`` on ``n`` LevelCaptions samples of the test scenes."""
+def _score_stream(model, gen, n: int, batch: int) -> tuple:
     import torch
 
     from datagen.generator import sample_rng
-    from datagen.unifilter import LevelCaptions
-    from models.unifilter import UniFilterScorer
-    from train.unifilter.metrics import score_metrics
 
-    gen = LevelCaptions(image_size=64, n_objects=(1, 4), split="test", text_mode="dense")  # as the stream
-    model = UniFilterScorer.from_pretrained(scorer).eval()
     preds, levels = [], []
     with torch.no_grad():
-        for start in range(0, n, 64):
-            samples = [gen.generate(sample_rng(9999, i), i) for i in range(start, min(n, start + 64))]
+        for start in range(0, n, batch):
+            samples = [gen.generate(sample_rng(9999, i), i) for i in range(start, min(n, start + batch))]
             pixels = torch.stack([model.preprocess(s["image"]) for s in samples])
             texts = [f"{model.config.image_token} {s['txt']}" for s in samples]
             preds.append(model.score(texts, pixels).float())
             levels += [int(s["score"]) for s in samples]
-    return score_metrics(torch.cat(preds), torch.tensor(levels))
+    return torch.cat(preds), torch.tensor(levels)
+
+
+def _scorer_test(scorer: Path, n: int, batch: int) -> dict:
+    """On LevelCaptions samples of the *test* scenes (never trained on), once: the rounded-score accuracy,
+    confusion and Spearman on balanced levels, and the filter's precision on the noisy stream's mix (the share
+    of exact captions among the best half of each raw batch of ``batch``; 50 % without a filter)."""
+    from datagen.unifilter import LevelCaptions
+    from models.unifilter import UniFilterScorer
+    from train.unifilter.metrics import score_metrics
+
+    model = UniFilterScorer.from_pretrained(scorer).eval()
+    common = dict(image_size=64, n_objects=(1, 4), split="test", text_mode="dense")  # as the stream
+    out = score_metrics(*_score_stream(model, LevelCaptions(**common), n, 64))
+    scores, levels = _score_stream(model, LevelCaptions(**common, level_weights=[1, 1, 1, 3]), 4 * batch, batch)
+    kept = []
+    for start in range(0, len(scores), batch):
+        s, lv = scores[start:start + batch], levels[start:start + batch]
+        kept += lv[s.argsort(descending=True)[: (len(s) + 1) // 2]].tolist()
+    out["filter_precision_top_half"] = float(np.mean([lv == 3 for lv in kept]))
+    out["filter_kept_levels"] = {str(k): int(sum(lv == k for lv in kept)) for k in range(4)}
+    return out
 
 
 def _bootstrap(items: dict[str, list[dict[str, np.ndarray]]], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -124,6 +146,28 @@ def _bootstrap(items: dict[str, list[dict[str, np.ndarray]]], n_boot: int = 2000
         fam["mean"] = np.mean([fam[f] for f in FAMILIES], axis=0)
         out[arm] = fam
     return out
+
+
+def _throughput(root: Path, name: str) -> dict:
+    """The run's last progress line (samples/s, data wait) and, when filtered, its filter counters."""
+    import re
+
+    line = [ln for ln in (root / f"{name}.log").read_text().splitlines() if "samples/s" in ln][-1]
+    out = {"samples_per_s": float(re.search(r"([0-9.]+) samples/s", line).group(1))}
+    wait = re.search(r"data wait ([0-9.]+)%", line)
+    out["data_wait_pct"] = float(wait.group(1)) if wait else float("nan")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(_run_dir(root, name)), size_guidance={"scalars": 0})
+    acc.Reload()
+    for tag in ("data/filter_seen", "data/filter_kept"):
+        if tag in acc.Tags()["scalars"]:
+            out[tag.split("/")[1]] = acc.Scalars(tag)[-1].value
+    return out
+
+
+def _jsonable(x):
+    return x.tolist() if hasattr(x, "tolist") else float(x)
 
 
 def _ci(x: np.ndarray) -> str:
@@ -213,11 +257,26 @@ def main() -> None:
             save_walls()
         test_file = root / "scorer_test.json"
         if not test_file.is_file():
-            test_file.write_text(json.dumps(_scorer_test(scorer, a.scorer_test_samples), indent=1, default=float))
+            test_file.write_text(json.dumps(_scorer_test(scorer, a.scorer_test_samples, a.batch), indent=1, default=_jsonable))
     text = report(root, a.seeds, a.eval_per_class)
     st = json.loads((root / "scorer_test.json").read_text())
-    text += "\n### the scorer on test scenes\n\n```\n" + json.dumps(st, indent=1) + "\n```\n"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(_run_dir(root, "scorer")), size_guidance={"scalars": 0})
+    acc.Reload()
+    val = {t: [(e.step, round(e.value, 4)) for e in acc.Scalars(t)] for t in ("unifilter/val_acc",
+                                                                             "unifilter/val_spearman")
+           if t in acc.Tags()["scalars"]}
+    text += "\n### the scorer: validation scenes during training (step, value)\n\n" + json.dumps(val) + "\n"
+    text += "\n### the scorer on test scenes (once)\n\n```\n" + json.dumps(st, indent=1) + "\n```\n"
     text += "\n### wall times (s)\n\n" + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + "\n"
+    text += "\n### trainer throughput (last progress line of each run; filter counters from TensorBoard)\n\n"
+    text += "| run | samples/s | data wait % | filter seen | filter kept |\n|---|---|---|---|---|\n"
+    for arm in ARMS:
+        for s in a.seeds:
+            t = _throughput(root, f"{arm}_s{s}")
+            text += (f"| {arm}_s{s} | {t['samples_per_s']:.1f} | {t['data_wait_pct']:.1f} | "
+                     f"{t.get('filter_seen', '')} | {t.get('filter_kept', '')} |\n")
     (root / "results.md").write_text(text)
     print(text)
 

@@ -70,11 +70,10 @@ def test_llama3_configs_run_stage_a_and_b_with_tiny_random(tmp_path):
     assert len(results["predictions"]) == sum(1 for line in vqa.read_text().splitlines() if line.strip())
 
     hf = tmp_path / "hf"
-    e = subprocess.run([sys.executable, "-m", "train.cli", "export-hf", "--vlm", str(tmp_path / "instruct_vlm"),
-                        "--out", str(hf), "--reference-images", str(vqa.parent / "images" / "*.png")],
-                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                       timeout=600)
-    assert e.returncode == 0, e.stderr[-3000:]
+    from train.cli import main as cli  # `synthloop export-hf` in this process, as tests/test_hf_vlm_export.py does
+
+    cli(["export-hf", "--vlm", str(tmp_path / "instruct_vlm"), "--out", str(hf),
+         "--reference-images", str(vqa.parent / "images" / "*.png")])
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(hf, trust_remote_code=True)
