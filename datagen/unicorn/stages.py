@@ -56,12 +56,16 @@ class UnicornText(SampleGenerator):
         render_size: also render the scene (``"image"``, PIL) at this size -- world seeds only.
         min_words: stage-1 captions shorter than this are rejected.
         max_new_tokens, temperature: generation settings of both stages.
+        holdout: colour-shape combinations (``"red sphere"``) that no world scene of this stream contains
+            (:mod:`datagen.world.holdout`): a scene holding one is redrawn. World seeds only.
     """
 
     def __init__(self, stage: str = "captions", backend: TextBackend | None = None, seeds: str | None = None,
                  n_objects: tuple[int, int] = (1, 6), render_size: int | None = None,
                  caption_prompt: str | None = None, instruction_prompt: str | None = None, min_words: int = 8,
-                 max_new_tokens: int = 512, temperature: float = 0.7) -> None:
+                 max_new_tokens: int = 512, temperature: float = 0.7, holdout: list[str] | None = None) -> None:
+        from datagen.world.holdout import parse_combos
+
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.stage = stage
@@ -71,6 +75,9 @@ class UnicornText(SampleGenerator):
         self.n_objects, self.render_size = tuple(n_objects), render_size
         self.min_words, self.max_new_tokens, self.temperature = int(min_words), int(max_new_tokens), float(temperature)
         self.seed_lines: list[str] | None = None
+        self.holdout = parse_combos(holdout, "UnicornText.holdout")
+        if seeds is not None and self.holdout:
+            raise ValueError("UnicornText.holdout needs world seeds (a seed file has no scenes to avoid)")
         if seeds is not None:
             if render_size is not None:
                 raise ValueError("render_size needs world seeds (a seed file has no scenes to render)")
@@ -90,7 +97,8 @@ class UnicornText(SampleGenerator):
         return {"stage": self.stage, "backend": self.backend.config(), "n_objects": list(self.n_objects),
                 "seeds": seeds, "render_size": self.render_size,
                 "caption_prompt": self.caption_prompt.user, "instruction_prompt": self.instruction_prompt.user,
-                "min_words": self.min_words, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+                "min_words": self.min_words, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                **({"holdout": sorted(" ".join(c) for c in self.holdout)} if self.holdout else {})}
 
     def _complete(self, messages, index: int, stage: int) -> tuple[str | None, str | None]:
         """The backend's text, or None and why (``http:500``, ``http:timeout``, ...: the drop's reason)."""
@@ -104,7 +112,12 @@ class UnicornText(SampleGenerator):
         sample: dict[str, Any] = {"json": {"index": int(index)}}
         scene = None
         if self.seed_lines is None:
-            scene = sample_scene(rng, self.n_objects)
+            if self.holdout:
+                from datagen.world.holdout import sample_scene_avoiding
+
+                scene = sample_scene_avoiding(rng, self.n_objects, self.holdout)
+            else:
+                scene = sample_scene(rng, self.n_objects)
             seed = seed_caption(scene, rng)
             sample["json"]["scene"] = scene.to_dict()
             if isinstance(self.backend, WorldWriter):
@@ -128,6 +141,16 @@ class UnicornText(SampleGenerator):
                 sample["__reject__"] = f"instructions:{cause}"
                 return sample
             items, rejects = parse_instructions(raw, caption)
+            if self.holdout:  # "is there a red sphere? no" would name a held-out combination too
+                from datagen.world.holdout import mentions
+
+                kept = [it for it in items if not mentions(f"{it.get('question', '')} {it.get('answer', '')} "
+                                                           f"{' '.join(map(str, it.get('options') or ()))}",
+                                                           self.holdout)]
+                if len(kept) < len(items):
+                    rejects = Counter(rejects)
+                    rejects["holdout"] += len(items) - len(kept)
+                items = kept
             sample["items"], sample["rejects"] = items, dict(rejects)
             if not items:
                 sample["__reject__"] = "instructions:" + (",".join(sorted(rejects)) or "empty")

@@ -8,7 +8,13 @@
 2. a tiny Llama with a word-level world tokenizer learns to answer questions about a scene it reads as
    text (``configs/unicorn/toy_text.yaml``: caption + multiple-choice and open items, ``text_mix: short``),
    the stand-in for a pretrained LLM; its text-reading accuracy is the ceiling of any transfer;
-3. the held-out VQA benchmark: rendered images, never seen in training (``train.unicorn.vqa_eval.build_world_vqa``);
+3. the held-out VQA files (``train.unicorn.vqa_eval.build_world_vqa``; rendered images never seen in training).
+   By default the split is compositional (``datagen.world.holdout``): no training text of any stage names one
+   of 8 colour-shape combinations; ``val`` asks about scenes holding one of 4 of them (stage B scores it:
+   choices are made there), ``test`` about the other 4 (reported once), ``in-distribution`` about new renders
+   of training combinations. Beside each: what of it occurs in the training text (captions, question-answer
+   pairs, triples) and the majority-answer prior (``train.unicorn.overlap``). ``--no-holdout``: the old
+   single in-distribution file;
 4. per variant, stage A (``toy_align.yaml``) then stage B (``toy_instruct.yaml``) and the VQA evaluation:
    ``real`` (the upper bound: rendered-image embeddings), and the text-only runs ``mean_shift``, ``raw``,
    ``mean_shift_noise``, ``ideal`` (and ``realign`` when asked for). Stage B starts from stage A's export
@@ -32,6 +38,7 @@ import shutil
 import time
 from pathlib import Path
 
+from datagen.world.holdout import TEST_COMBOS, VAL_COMBOS
 from models.errors import non_negative_float, positive_int
 
 log = logging.getLogger("train.unicorn.toy")
@@ -63,13 +70,12 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
         variants: tuple[str, ...] = ("real", "mean_shift", "raw", "mean_shift_noise", "ideal"),
         text_steps: int = 600, align_steps: int = 150, instruct_steps: int = 300, noise_std: float = 0.05,
         vqa_images: int = 300, lm_hidden: int = 128, lm_layers: int = 2, align_train_lm: bool = False,
-        n_objects: tuple[int, int] = (1, 1), seed: int = 0) -> dict:
+        n_objects: tuple[int, int] = (1, 1), seed: int = 0, holdout: bool = True) -> dict:
     import torch
 
     from datagen.text.corpus import world_corpus
     from models.tiny_lm import build_tiny_lm
     from train.unicorn.module import clip_gap_diagnostics
-    from train.unicorn.vqa_eval import build_world_vqa
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     outp = Path(out)
@@ -87,9 +93,12 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
     log.info("modality gap of the tiny CLIP: %s", gap)
 
     objs = f"[{n_objects[0]},{n_objects[1]}]"
+    held = list(VAL_COMBOS) + list(TEST_COMBOS) if holdout else []
     common = [f"--model.init_args.clip_checkpoint={clip}", f"--trainer.default_root_dir={out}",
               f"--trainer.logger.init_args.save_dir={out}", f"--data.init_args.generator.init_args.n_objects={objs}",
               f"--model.init_args.pool_n_objects={objs}", f"--seed_everything={seed}"]
+    if held:  # no training text of any stage names a held-out colour-shape combination
+        common.append(f"--data.init_args.generator.init_args.holdout={json.dumps(held)}")
     lm_world = outp / "lm_world"
     if not (lm_world / "vlm_config.json").is_file():
         t = time.time()
@@ -98,17 +107,28 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
                                                         f"--model.init_args.export_dir={lm_world}",
                                                         *_steps(text_steps)])
         timings["text"] = time.time() - t
-    vqa = outp / "vqa" / "vqa.jsonl"
-    if not vqa.is_file():
-        build_world_vqa(outp / "vqa", vqa_images, n_objects=n_objects)
-    reading_file = outp / "text_reading.json"
-    if not reading_file.is_file():  # the LM given the gold caption as text: the ceiling of any transfer
-        from models.vlm import EmbeddingVLM
-        from train.unicorn.vqa_eval import evaluate_text_reading
+    files = eval_files(outp, vqa_images, n_objects, holdout)
+    vqa = files["val"] if holdout else files["in-distribution"]  # scored inside stage B, where choices are made
+    reading, baselines = {}, {}
+    train_text = None
+    for split, path in files.items():
+        reading_file = outp / f"text_reading_{split}.json"
+        if not reading_file.is_file():  # the LM given the gold caption as text: the ceiling of any transfer
+            from models.vlm import EmbeddingVLM
+            from train.unicorn.vqa_eval import evaluate_text_reading
 
-        lmv = EmbeddingVLM.from_pretrained(lm_world).eval()
-        reading_file.write_text(json.dumps(evaluate_text_reading(lmv.lm, lmv.tokenizer, vqa), indent=1))
-    reading = json.loads(reading_file.read_text())
+            lmv = EmbeddingVLM.from_pretrained(lm_world).eval()
+            reading_file.write_text(json.dumps(evaluate_text_reading(lmv.lm, lmv.tokenizer, path), indent=1))
+        reading[split] = json.loads(reading_file.read_text())
+        base_file = outp / f"baselines_{split}.json"
+        if not base_file.is_file():  # what could be looked up in the training text, and an answer prior
+            from train.unicorn.overlap import majority_baseline, overlap_stats
+
+            if train_text is None:
+                train_text = training_text(n_objects, held, text_steps, align_steps, instruct_steps)
+            base_file.write_text(json.dumps({"overlap": overlap_stats(path, train_text),
+                                             "majority": majority_baseline(path, train_text)}, indent=1))
+        baselines[split] = json.loads(base_file.read_text())
 
     results = {}
     for variant in variants:
@@ -129,32 +149,119 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
                 f"--trainer.logger.init_args.name={variant}-instruct"])
             timings[variant] = time.time() - t
         r = json.loads(res_file.read_text())
-        results[variant] = {"accuracy": r["accuracy"], "by_type": r["by_type"], "by_qtype": r.get("by_qtype", {}),
-                            "n": r["n"]}
+        results[variant] = {"in_fit": {"accuracy": r["accuracy"], "n": r["n"]}}
         if r.get("setting", {}).get("text_mean_n") is not None:  # captions behind μ_T (stage A + B, warm-up)
             results[variant]["text_mean_n"] = r["setting"]["text_mean_n"]
-        blind_file = vdir / "vlm" / "vqa_blind.json"
-        if not blind_file.is_file():  # the same VLM without its image: what the question alone gives
-            from models.vlm import EmbeddingVLM
-            from train.unicorn.vqa_eval import evaluate_vqa
+        vlm = None
+        for split, path in files.items():
+            for blind in (False, True):  # blind: the same VLM with a constant image (what the question gives)
+                f = vdir / "vlm" / f"vqa_{split}{'_blind' if blind else ''}.json"
+                if not f.is_file():
+                    from models.vlm import EmbeddingVLM
+                    from train.unicorn.vqa_eval import evaluate_vqa
 
-            vlm = EmbeddingVLM.from_pretrained(vdir / "vlm")
-            b = evaluate_vqa(vlm, vqa, blind=True)
-            blind_file.write_text(json.dumps({k: b.get(k) for k in ("accuracy", "by_type", "by_qtype", "n")}, indent=1))
-        results[variant]["blind"] = json.loads(blind_file.read_text())["accuracy"]
+                    vlm = vlm or EmbeddingVLM.from_pretrained(vdir / "vlm")
+                    e = evaluate_vqa(vlm, path, blind=blind)
+                    keep = ("accuracy", "by_type", "by_qtype", "n") + (() if blind else ("predictions",))
+                    f.write_text(json.dumps({k: e.get(k) for k in keep}, indent=1))
+            e, b = (json.loads((vdir / "vlm" / f"vqa_{split}{x}.json").read_text()) for x in ("", "_blind"))
+            results[variant][split] = {"accuracy": e["accuracy"], "by_type": e["by_type"],
+                                       "by_qtype": e.get("by_qtype", {}), "n": e["n"], "blind": b["accuracy"]}
     timings["total"] = time.time() - t0
-    summary = {"gap": gap, "results": results, "text_reading": reading, "seconds": timings,
+    summary = {"gap": gap, "splits": list(files), "results": results, "text_reading": reading,
+               "baselines": baselines, "seconds": timings,
                "settings": {"text_steps": text_steps, "align_steps": align_steps, "instruct_steps": instruct_steps,
                             "noise_std": noise_std, "vqa_images": vqa_images, "clip": clip,
-                            "align_train_lm": align_train_lm, "n_objects": list(n_objects), "seed": seed}}
+                            "align_train_lm": align_train_lm, "n_objects": list(n_objects), "seed": seed,
+                            "holdout": held}}
     (outp / "results.json").write_text(json.dumps(summary, indent=1))
     (outp / "results.md").write_text(results_table(summary))
     print(results_table(summary))
     return summary
 
 
+def eval_files(outp: Path, n_images: int, n_objects: tuple[int, int], holdout: bool) -> dict[str, Path]:
+    """The evaluation files: with ``holdout``, ``val`` (scenes with a validation combination), ``test`` (a test
+    combination) and ``in-distribution`` (training combinations only, new renders); else the last one alone.
+    Every file has its own scene seed."""
+    from train.unicorn.vqa_eval import build_world_vqa
+
+    held = list(VAL_COMBOS) + list(TEST_COMBOS)
+    specs = {"in-distribution": (987_654_321, None, held if holdout else None)}
+    if holdout:
+        specs = {"val": (555_000_001, list(VAL_COMBOS), list(TEST_COMBOS)),
+                 "test": (555_000_002, list(TEST_COMBOS), list(VAL_COMBOS)), **specs}
+    files = {}
+    for split, (vseed, combos, avoid) in specs.items():
+        folder = outp / ("vqa" if split == "in-distribution" and not holdout else f"vqa_{split}")
+        files[split] = folder / "vqa.jsonl"
+        if not files[split].is_file():
+            build_world_vqa(folder, n_images, seed=vseed, n_objects=n_objects, combos=combos, avoid=avoid)
+    return files
+
+
+def training_text(n_objects: tuple[int, int], held: list[str], text_steps: int, align_steps: int,
+                  instruct_steps: int):
+    """The text every stage trains on, regenerated from its config's generator and data seed (the first
+    ``steps x batch_size`` stream indices of each stage)."""
+    import yaml
+
+    from datagen.unicorn.stages import UnicornText
+    from train.unicorn.overlap import TrainingText
+
+    out = TrainingText()
+    for config, steps in (("toy_text", text_steps), ("toy_align", align_steps), ("toy_instruct", instruct_steps)):
+        data = yaml.safe_load((ROOT / "configs" / "unicorn" / f"{config}.yaml").read_text())["data"]["init_args"]
+        kw = {k: v for k, v in data["generator"]["init_args"].items() if k != "render_size"}
+        gen = UnicornText(**{**kw, "n_objects": tuple(n_objects), "holdout": held or None})
+        out.add_stream(gen, int(data.get("seed", 0)), steps * int(data["batch_size"]))
+    return out
+
+
+def _table(summary: dict, split: str) -> list[str]:
+    res = {v: r[split] for v, r in summary["results"].items() if split in r}
+
+    def columns(r: dict) -> dict:  # multiple choice / open, then the question families
+        return {**r["by_type"], **r.get("by_qtype", {})}
+
+    types = sorted({t for r in res.values() for t in r["by_type"]})
+    types += sorted({t for r in res.values() for t in r.get("by_qtype", {})})
+    real = res.get("real", {}).get("accuracy")
+    n = next(iter(res.values()))["n"] if res else 0
+    lines = [f"### {split} ({n} questions)", "",
+             "| variant | VQA acc | " + " | ".join(types) + " | % of real | same VLM, constant image |",
+             "|---|---|" + "---|" * len(types) + "---|---|"]
+    for name, r in res.items():
+        rel = f"{100 * r['accuracy'] / real:.0f}%" if real else "-"
+        lines.append(f"| {name} | {100 * r['accuracy']:.1f} | "
+                     + " | ".join(f"{100 * columns(r).get(t, 0):.1f}" for t in types)
+                     + f" | {rel} | {100 * r.get('blind', float('nan')):.1f} |")
+    tr = summary.get("text_reading", {}).get(split)
+    if tr:
+        lines.append(f"| (LM reading the gold caption as text) | {100 * tr['accuracy']:.1f} | "
+                     + " | ".join(f"{100 * columns(tr).get(t, 0):.1f}" for t in types) + " | | |")
+    base = summary.get("baselines", {}).get(split)
+    if base:
+        m, o = base["majority"], base["overlap"]
+        lines.append(f"| (majority training answer per question type) | {100 * m['accuracy']:.1f} | "
+                     + " | ".join(f"{100 * m['by_qtype'].get(t, 0):.1f}" if t in m["by_qtype"] else ""
+                                  for t in types) + " | | |")
+        lines += ["", f"Seen in training text ({o['training_samples']} samples, {o['training_captions']} distinct "
+                      f"captions): captions {o['captions']}/{o['n']}, question-answer pairs {o['qa_pairs']}/{o['n']}, "
+                      f"(caption, question, answer) triples {o['triples']}/{o['n']}."]
+    return lines + [""]
+
+
 def results_table(summary: dict) -> str:
-    res = summary["results"]
+    if "splits" in summary:
+        lines = []
+        for split in summary["splits"]:
+            lines += _table(summary, split)
+        g = summary["gap"]
+        lines.append(f"tiny CLIP modality gap (paired world data, n={g['n']}): |mean gap| {g['gap_norm']:.3f}, "
+                     f"mean cos(gap_i, mean gap) {g['mean_cos']:.3f}, energy ratio {g['energy_ratio']:.3f}")
+        return "\n".join(lines) + "\n"
+    res = summary["results"]  # a summary written before the split columns (one held-out file)
 
     def columns(r: dict) -> dict:  # multiple choice / open, then the question families
         return {**r["by_type"], **r.get("by_qtype", {})}
@@ -197,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="objects per scene in every stage and in the held-out VQA (default: one)")
     p.add_argument("--seed", type=int, default=0,
                    help="initialisation and sampling seed of every stage (the data streams keep the configs' seeds)")
+    p.add_argument("--no-holdout", action="store_true",
+                   help="train on every colour-shape combination and score one in-distribution file (the toy "
+                        "before issue 18); default: the compositional split (val / test / in-distribution)")
     p.add_argument("--align-train-lm", action="store_true",
                    help="also train the LM in stage A (off-spec; for LMs too small to be conditioned frozen)")
     a = p.parse_args(argv)
@@ -216,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("train", "datagen", "models"):
             logging.getLogger(name).setLevel(logging.INFO)
     run(a.out, a.clip, tuple(a.variants), a.text_steps, a.align_steps, a.instruct_steps, a.noise_std, a.vqa_images,
-        align_train_lm=a.align_train_lm, n_objects=tuple(a.n_objects), seed=a.seed)
+        align_train_lm=a.align_train_lm, n_objects=tuple(a.n_objects), seed=a.seed, holdout=not a.no_holdout)
 
 
 if __name__ == "__main__":

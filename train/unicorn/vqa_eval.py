@@ -204,23 +204,32 @@ def evaluate_text_reading(lm, tokenizer, path: str | os.PathLike, *, batch_size:
 
 def build_world_vqa(out_dir: str | os.PathLike, n_images: int = 300, *, seed: int = 987_654_321,
                     image_size: int = 64, n_objects: tuple[int, int] = (1, 3), questions_per_image: int = 2,
-                    mc_fraction: float = 0.5) -> Path:
+                    mc_fraction: float = 0.5, combos: list[str] | None = None,
+                    avoid: list[str] | None = None) -> Path:
     """The world's held-out VQA benchmark: rendered PNGs + ``vqa.jsonl``; returns the JSONL path.
 
     Questions are the world's exact QA (count, colour, shape, material, size, existence, relation);
     a ``mc_fraction`` of them get 4 choices (the answer + 3 distractors from the question's answer set).
     Each record also keeps the scene's dense ``caption`` (for :func:`evaluate_text_reading`).
+    ``combos``: every scene holds at least one of these colour-shape combinations (a compositional split,
+    :mod:`datagen.world.holdout`); ``avoid``: no scene holds any of these.
     """
     import numpy as np
 
     from datagen.world import dense_caption, qa_pairs, render_scene, sample_scene
+    from datagen.world.holdout import parse_combos, sample_scene_avoiding, sample_scene_with
 
+    want, unwanted = parse_combos(combos, "build_world_vqa.combos"), parse_combos(avoid, "build_world_vqa.avoid")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     lines = []
     for i in range(n_images):
-        scene = sample_scene(rng, n_objects)
+        if want or unwanted:
+            scene = (sample_scene_with(rng, n_objects, want, unwanted) if want
+                     else sample_scene_avoiding(rng, n_objects, unwanted))
+        else:
+            scene = sample_scene(rng, n_objects)
         name = f"images/{i:06d}.png"
         render_scene(scene, image_size, rng).save(out / name)
         for qa in qa_pairs(scene, rng, questions_per_image):
