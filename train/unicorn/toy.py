@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from datagen.world.holdout import TEST_COMBOS, VAL_COMBOS
-from models.errors import non_negative_float, positive_int
+from models.errors import UserError, non_negative_float, positive_int
 
 log = logging.getLogger("train.unicorn.toy")
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,8 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
         variants: tuple[str, ...] = ("real", "mean_shift", "raw", "mean_shift_noise", "ideal"),
         text_steps: int = 600, align_steps: int = 150, instruct_steps: int = 300, noise_std: float = 0.05,
         vqa_images: int = 300, lm_hidden: int = 128, lm_layers: int = 2, align_train_lm: bool = False,
-        n_objects: tuple[int, int] = (1, 1), seed: int = 0, holdout: bool = True) -> dict:
+        n_objects: tuple[int, int] = (1, 1), seed: int = 0, holdout: bool = True,
+        splits: tuple[str, ...] | None = None) -> dict:
     import torch
 
     from datagen.text.corpus import world_corpus
@@ -107,7 +108,7 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
                                                         f"--model.init_args.export_dir={lm_world}",
                                                         *_steps(text_steps)])
         timings["text"] = time.time() - t
-    files = eval_files(outp, vqa_images, n_objects, holdout)
+    files = eval_files(outp, vqa_images, n_objects, holdout, splits)
     vqa = files["val"] if holdout else files["in-distribution"]  # scored inside stage B, where choices are made
     reading, baselines = {}, {}
     train_text = None
@@ -180,10 +181,11 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
     return summary
 
 
-def eval_files(outp: Path, n_images: int, n_objects: tuple[int, int], holdout: bool) -> dict[str, Path]:
+def eval_files(outp: Path, n_images: int, n_objects: tuple[int, int], holdout: bool,
+               splits: tuple[str, ...] | None = None) -> dict[str, Path]:
     """The evaluation files: with ``holdout``, ``val`` (scenes with a validation combination), ``test`` (a test
     combination) and ``in-distribution`` (training combinations only, new renders); else the last one alone.
-    Every file has its own scene seed."""
+    Every file has its own scene seed. ``splits``: only these (a development run leaves ``test`` out)."""
     from train.unicorn.vqa_eval import build_world_vqa
 
     held = list(VAL_COMBOS) + list(TEST_COMBOS)
@@ -191,6 +193,12 @@ def eval_files(outp: Path, n_images: int, n_objects: tuple[int, int], holdout: b
     if holdout:
         specs = {"val": (555_000_001, list(VAL_COMBOS), list(TEST_COMBOS)),
                  "test": (555_000_002, list(TEST_COMBOS), list(VAL_COMBOS)), **specs}
+    if splits is not None:
+        unknown = sorted(set(splits) - set(specs))
+        if unknown or "val" in specs and "val" not in splits:
+            raise UserError(f"--splits {' '.join(splits)}: choose from {', '.join(specs)} (val is always scored: "
+                            f"choices are made on it)")
+        specs = {k: v for k, v in specs.items() if k in splits}
     files = {}
     for split, (vseed, combos, avoid) in specs.items():
         folder = outp / ("vqa" if split == "in-distribution" and not holdout else f"vqa_{split}")
@@ -307,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-holdout", action="store_true",
                    help="train on every colour-shape combination and score one in-distribution file (the toy "
                         "before issue 18); default: the compositional split (val / test / in-distribution)")
+    p.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
+                   help="score only these files (default: val test in-distribution); a development run leaves "
+                        "test out, so that test is looked at once")
     p.add_argument("--align-train-lm", action="store_true",
                    help="also train the LM in stage A (off-spec; for LMs too small to be conditioned frozen)")
     a = p.parse_args(argv)
@@ -326,7 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("train", "datagen", "models"):
             logging.getLogger(name).setLevel(logging.INFO)
     run(a.out, a.clip, tuple(a.variants), a.text_steps, a.align_steps, a.instruct_steps, a.noise_std, a.vqa_images,
-        align_train_lm=a.align_train_lm, n_objects=tuple(a.n_objects), seed=a.seed, holdout=not a.no_holdout)
+        align_train_lm=a.align_train_lm, n_objects=tuple(a.n_objects), seed=a.seed, holdout=not a.no_holdout,
+        splits=tuple(a.splits) if a.splits else None)
 
 
 if __name__ == "__main__":
