@@ -12,11 +12,12 @@ Three arms of contrastive pre-training (``configs/unifilter/clip_noisy.yaml``: t
   batch (``top_fraction: 0.5``, fixed before any run: it is the stream's known clean fraction; no other rule
   was tried), so it trains on as many samples as the other arms and generates twice as many.
 
-The scorer is trained once, before the filtered arm, on LevelCaptions' training scenes (balanced levels, exact
+The scorer is trained before the filtered arm, on LevelCaptions' training scenes (balanced levels, exact
 labels) with the vision tower of the ``noisy`` seed-0 CLIP: the filter is bootstrapped from what the noisy
-pool itself gave, never from the clean arm or the quickstart. Its rounded-score accuracy is measured on the
-``val`` scenes during training and reported once on ``test`` scenes (never seen in its training), with the
-per-level confusion matrix.
+pool itself gave, never from the clean arm or the quickstart. Candidates of ``--scorer-steps`` steps are
+trained; the filter uses the one with the best rounded-score accuracy on the ``val`` scenes (its last
+validation), and only that one is scored, once, on ``test`` scenes (never seen in its training), with the
+per-level confusion matrix and the filter's precision on the noisy mix.
 
 Every exported CLIP is scored zero-shot on the world's seven families, on the ``val`` and the ``test``
 evaluation sets (disjoint seed spaces, neither drawn by any training stream). Intervals: 95% bootstrap over
@@ -166,6 +167,22 @@ def _throughput(root: Path, name: str) -> dict:
     return out
 
 
+def _val_curve(run: Path) -> dict[str, list]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, round(e.value, 4)) for e in acc.Scalars(t)]
+            for t in ("unifilter/val_acc", "unifilter/val_spearman") if t in acc.Tags()["scalars"]}
+
+
+def _choose_scorer(root: Path, candidates: list[int]) -> tuple[Path, dict]:
+    """The candidate with the best final validation accuracy (ties: fewer steps); never a test figure."""
+    curves = {n: _val_curve(_run_dir(root, f"scorer_{n}")) for n in candidates}
+    best = max(candidates, key=lambda n: (curves[n]["unifilter/val_acc"][-1][1], -n))
+    return _run_dir(root, f"scorer_{best}") / "scorer", {"chosen_steps": best, "curves": curves}
+
+
 def _jsonable(x):
     return x.tolist() if hasattr(x, "tolist") else float(x)
 
@@ -219,7 +236,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300, help="CLIP steps per arm")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--scorer-steps", type=int, default=600)
+    p.add_argument("--scorer-steps", type=int, nargs="+", default=[600, 2400],
+                   help="scorer candidates (training steps); the filter uses the best by validation accuracy")
     p.add_argument("--eval-per-class", type=int, default=40)
     p.add_argument("--scorer-test-samples", type=int, default=512)
     p.add_argument("--report-only", action="store_true")
@@ -231,20 +249,27 @@ def main() -> None:
     def save_walls() -> None:
         (root / "walls.json").write_text(json.dumps(walls, indent=1))
 
-    scorer = root / "scorer" / "version_0" / "scorer"
+    def scorer_dir(steps: int) -> Path:
+        return _run_dir(root, f"scorer_{steps}") / "scorer"
+
+    scorer = None
     if not a.report_only:
-        order = [("noisy", s) for s in a.seeds] + [("scorer", None)] + [("clean", s) for s in a.seeds] + \
-                [("filtered", s) for s in a.seeds]
+        order = [("noisy", s) for s in a.seeds] + [("scorer", n) for n in a.scorer_steps] + \
+                [("clean", s) for s in a.seeds] + [("filtered", s) for s in a.seeds]
         for arm, s in order:
-            name = "scorer" if arm == "scorer" else f"{arm}_s{s}"
-            done = scorer.is_dir() if arm == "scorer" else (_run_dir(root, name) / "clip_final.pt").is_file()
+            if arm == "filtered" and scorer is None:
+                scorer, choice = _choose_scorer(root, a.scorer_steps)
+                (root / "scorer_choice.json").write_text(json.dumps(choice, indent=1))
+                print(f"[unifilter_toy] scorer chosen on validation: {choice}", flush=True)
+            name = f"scorer_{s}" if arm == "scorer" else f"{arm}_s{s}"
+            done = scorer_dir(s).is_dir() if arm == "scorer" else (_run_dir(root, name) / "clip_final.pt").is_file()
             if done:
                 continue
             print(f"[unifilter_toy] {name} ...", flush=True)
             if arm == "scorer":
                 tower = _run_dir(root, f"noisy_s{a.seeds[0]}") / "clip_final.pt"
-                walls[name] = _fit("configs/unifilter/toy.yaml", root, name, "--trainer.max_steps", str(a.scorer_steps),
-                                   "--trainer.val_check_interval", str(a.scorer_steps // 3),
+                walls[name] = _fit("configs/unifilter/toy.yaml", root, name, "--trainer.max_steps", str(s),
+                                   "--trainer.val_check_interval", str(s // 3),
                                    "--model.init_args.vision_model", "synthloop-tiny-rn64",
                                    "--model.init_args.vision_pretrained", str(tower),
                                    "--model.init_args.visual_grid", "2",
@@ -255,20 +280,18 @@ def main() -> None:
                 walls[name] = _fit(config, root, name, *_arm_overrides(arm, s, scorer, a.steps, a.batch))
             print(f"[unifilter_toy] {name}: {walls[name]:.0f} s", flush=True)
             save_walls()
+        if scorer is None:
+            scorer, choice = _choose_scorer(root, a.scorer_steps)
+            (root / "scorer_choice.json").write_text(json.dumps(choice, indent=1))
         test_file = root / "scorer_test.json"
         if not test_file.is_file():
             test_file.write_text(json.dumps(_scorer_test(scorer, a.scorer_test_samples, a.batch), indent=1, default=_jsonable))
     text = report(root, a.seeds, a.eval_per_class)
     st = json.loads((root / "scorer_test.json").read_text())
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(_run_dir(root, "scorer")), size_guidance={"scalars": 0})
-    acc.Reload()
-    val = {t: [(e.step, round(e.value, 4)) for e in acc.Scalars(t)] for t in ("unifilter/val_acc",
-                                                                             "unifilter/val_spearman")
-           if t in acc.Tags()["scalars"]}
-    text += "\n### the scorer: validation scenes during training (step, value)\n\n" + json.dumps(val) + "\n"
-    text += "\n### the scorer on test scenes (once)\n\n```\n" + json.dumps(st, indent=1) + "\n```\n"
+    choice = json.loads((root / "scorer_choice.json").read_text())
+    text += ("\n### the scorers on validation scenes during training (step, value), and the choice\n\n```\n"
+             + json.dumps(choice, indent=1) + "\n```\n")
+    text += "\n### the chosen scorer on test scenes (once)\n\n```\n" + json.dumps(st, indent=1) + "\n```\n"
     text += "\n### wall times (s)\n\n" + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + "\n"
     text += "\n### trainer throughput (last progress line of each run; filter counters from TensorBoard)\n\n"
     text += "| run | samples/s | data wait % | filter seen | filter kept |\n|---|---|---|---|---|\n"
