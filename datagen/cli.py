@@ -51,6 +51,7 @@ import os
 import sys
 from typing import Any, Literal, Protocol
 
+from datagen.errors import config_paths
 from models.io import atomic_write_text
 
 SUBCOMMANDS = {
@@ -234,18 +235,8 @@ def clip_benchmark_main(argv: list[str]) -> dict[str, Any]:
     return summary
 
 
-def _config_paths(argv: list[str]) -> list[str]:
-    out = []
-    for i, a in enumerate(argv):
-        if a in ("--config", "-c") and i + 1 < len(argv):
-            out.append(argv[i + 1])
-        elif a.startswith("--config="):
-            out.append(a.split("=", 1)[1])
-    return out
-
-
 def _fail(argv: list[str], key: str | None, message: str) -> SystemExit:
-    configs = _config_paths(argv)
+    configs = config_paths(argv)
     where = f" in {', '.join(configs)}" if configs else ""
     return SystemExit(f"synthloop: config error{where}: {key + ': ' if key else ''}{message}")
 
@@ -379,7 +370,7 @@ def _parse(parser, argv: list[str]):
     """Parse and instantiate; a config problem becomes one ``SystemExit`` line."""
     from jsonargparse import ArgumentError
 
-    for path in _config_paths(argv):
+    for path in config_paths(argv):
         if not os.path.isfile(path):
             raise SystemExit(f"synthloop: error: config file {path!r} does not exist")
     try:

@@ -26,3 +26,14 @@ def config_error_line(exc: BaseException) -> str:
     where = ".".join(path)
     line = f"{where}: {detail}" if where else detail
     return line if len(line) < 400 else line[:400] + " ..."
+
+
+def config_paths(argv: list[str]) -> list[str]:
+    """The config files a command line names (``--config F``, ``-c F``, ``--config=F``), in order."""
+    paths = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            paths.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths

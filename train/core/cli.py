@@ -25,9 +25,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
 
-from datagen.errors import config_error_line
+from datagen.errors import config_error_line, config_paths
 from models.errors import DEBUG_ENV, UserError
-from train.core.argv import config_paths
 from train.core.datamodule import OnlineDataModule
 
 

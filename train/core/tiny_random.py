@@ -44,7 +44,7 @@ def _config(argv: list[str]) -> dict[str, Any]:
     """The merged top-level mapping of the ``--config`` files (later files win, one level deep per section)."""
     import yaml
 
-    from train.core.argv import config_paths
+    from datagen.errors import config_paths
 
     merged: dict[str, Any] = {}
     for path in config_paths(argv):
