@@ -102,6 +102,16 @@ class PatchTokenTower(nn.Module):
                             f"{patches} patch grid; give at most {patches}")
         if not trainable:
             self.visual.requires_grad_(False)
+        else:  # parameters after the last block (ViT `proj`, SigLIP's head, ...) never reach the patch tokens:
+            # frozen, so that DDP finds no unused parameter and an optimizer keeps no state for them
+            params = [(n, p) for n, p in self.visual.named_parameters() if p.requires_grad]
+            with torch.enable_grad():
+                out = self._patch_map(torch.zeros(1, 3, self.image_size, self.image_size))
+                grads = torch.autograd.grad(out.float().sum(), [p for _, p in params], allow_unused=True)
+            self.unused = [n for (n, p), g in zip(params, grads) if g is None]
+            for (n, p), g in zip(params, grads):
+                if g is None:
+                    p.requires_grad_(False)
 
     def _patch_map(self, images: torch.Tensor) -> torch.Tensor:
         out = self.visual.forward_intermediates(images, indices=1, normalize_intermediates=True,

@@ -33,3 +33,8 @@ def test_clip_pretraining_two_process_ddp(tmp_path):
     # zero-shot table printed once (rank 0) and the open_clip export exists
     assert (tmp_path / "clip.pt").exists()
     assert proc.stdout.count("zero-shot accuracy at step 4") == 1
+    # ... over every evaluation image once: each rank scores its own share, which Lightning must not split again
+    from datagen.world import get_task_family
+
+    n = sum(4 * len(get_task_family(f).classnames) for f in ("shape", "color"))  # eval_per_class 4
+    assert f"zero-shot accuracy at step 4 ({n} images)" in proc.stdout, proc.stdout[-2000:]

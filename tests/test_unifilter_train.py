@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,34 @@ def test_short_fit_logs_the_validation_metrics(tmp_path, monkeypatch):
     assert (train_gen.split, val_gen.split) == ("train", "val") and val_gen.text_mode == train_gen.text_mode
     loaded = UniFilterScorer.from_pretrained(tmp_path / "scorer")
     assert loaded.config.vision_model == "synthloop-micro-vit32"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,port", [("ddp", 29681), ("deepspeed_stage_2", 29682)])
+def test_two_process_fit_scores_the_whole_held_out_set_once(tmp_path, strategy, port):
+    """``synthloop fit`` of the toy scorer under torchrun, 2 CPU processes, DDP and DeepSpeed ZeRO-2 (over gloo):
+    each rank scores its share of the held-out set, rank 0 reports metrics over all of it (each sample once)
+    and exports the scorer."""
+    import subprocess
+    import sys
+
+    from models.unifilter import UniFilterScorer
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "train.cli", "fit", "--config", "configs/unifilter/toy.yaml", "--trainer.devices=2",
+           f"--trainer.strategy={strategy}", "--trainer.enable_progress_bar=false", "--trainer.max_steps=2",
+           "--trainer.val_check_interval=2", f"--trainer.default_root_dir={tmp_path}",
+           f"--trainer.logger.init_args.save_dir={tmp_path}", "--model.init_args.vision_model=synthloop-micro-vit32",
+           "--model.init_args.visual_grid=2", "--model.init_args.lm_hidden=32", "--model.init_args.lm_layers=1",
+           "--model.init_args.lm_heads=2", "--model.init_args.val_size=10", "--model.init_args.val_batch_size=4",
+           f"--model.init_args.export_dir={tmp_path / 'scorer'}", "--data.init_args.batch_size=4",
+           "--data.init_args.num_workers=0"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    table = out[out.index("UniFilter validation at step 2"):].splitlines()[3:7]  # the 4 level rows
+    counts = [sum(int(x) for x in row.split()[2:6]) for row in table]
+    assert sum(counts) == 10, table  # 10 held-out samples (5 per rank), each counted once
+    assert out.count("UniFilter validation at step 2") == 1  # printed by rank 0 only
+    assert UniFilterScorer.from_pretrained(tmp_path / "scorer").config.vision_model == "synthloop-micro-vit32"

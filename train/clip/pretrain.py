@@ -200,7 +200,8 @@ class CLIPPretrain(pl.LightningModule):
         self.log("zeroshot/mean", sum(acc.values()) / max(len(acc), 1), rank_zero_only=True)
         self.last_zero_shot = acc
         if not self.trainer.sanity_checking:
-            self.print("\n" + format_accuracy_table(acc, f"zero-shot accuracy at step {self.global_step}"))
+            n = int(counts[:, 1].sum())  # over all ranks: every evaluation image once
+            self.print("\n" + format_accuracy_table(acc, f"zero-shot accuracy at step {self.global_step} ({n} images)"))
 
     # -- export ------------------------------------------------------------------------------------
     def on_train_end(self) -> None:

@@ -226,6 +226,11 @@ def _construct_cli(argv: list[str] | None, **kwargs) -> SynthloopCLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # --trainer.max_step is not max_steps
         args=argv,
+        # every loader shards itself: training streams by rank (slots), evaluation sets by index
+        # (train.clip.zeroshot.eval_loader, UniFilterTrainer.val_dataloader). Lightning's default would wrap an
+        # evaluation loader's per-rank sampler in a DistributedSamplerWrapper, splitting each rank's share again:
+        # a 2-rank zero-shot evaluation then scored half of the items (some twice)
+        trainer_defaults={"use_distributed_sampler": False, **kwargs.pop("trainer_defaults", {})},
         **kwargs,
     )
 

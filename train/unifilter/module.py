@@ -141,7 +141,12 @@ class UniFilterTrainer(pl.LightningModule):
         return self._val_samples
 
     def val_dataloader(self):
-        return DataLoader(self.val_samples(), batch_size=self.hparams.val_batch_size, collate_fn=collate_samples)
+        """This rank's share of the held-out set (every ``world_size``-th sample, no padding: the metrics
+        gathered in :meth:`on_validation_epoch_end` count each sample once)."""
+        samples = self.val_samples()
+        rank, world = (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        return DataLoader(samples, batch_size=self.hparams.val_batch_size, collate_fn=collate_samples,
+                          sampler=list(range(rank, len(samples), world)))
 
     # -- training --------------------------------------------------------------------------------
     def _scores(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -170,10 +175,25 @@ class UniFilterTrainer(pl.LightningModule):
         self._val_scores.append(self._scores(batch).detach().float().cpu())
         self._val_levels.append(batch["score"].long().cpu())
 
+    def _gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's validation scores and levels (each rank's list padded to one length for all_gather)."""
+        scores = torch.cat(self._val_scores) if self._val_scores else torch.zeros(0)
+        levels = torch.cat(self._val_levels) if self._val_levels else torch.zeros(0, dtype=torch.long)
+        world = self.trainer.world_size
+        if world == 1:
+            return scores, levels
+        per = -(-len(self.val_samples()) // world)
+        local = torch.full((2, per), float("nan"))
+        local[0, :len(scores)], local[1, :len(levels)] = scores, levels.float()
+        both = self.all_gather(local.to(self.device)).cpu().reshape(world, 2, per).transpose(0, 1).reshape(2, -1)
+        keep = ~torch.isnan(both[0])
+        return both[0][keep], both[1][keep].long()
+
     def on_validation_epoch_end(self) -> None:
-        if not self._val_scores:
+        scores, levels = self._gathered()  # collective under DDP/DeepSpeed: every rank calls it
+        if not len(scores):
             return
-        m = score_metrics(torch.cat(self._val_scores).numpy(), torch.cat(self._val_levels).numpy())
+        m = score_metrics(scores.numpy(), levels.numpy())
         self.last_metrics = m
         for key in ("acc", "spearman", "mse"):
             self.log(f"unifilter/val_{key}", m[key])
