@@ -28,6 +28,7 @@ NEEDS_FILES = {
     "configs/visionzero/toy_sft.yaml": "runs/quickstart/clip_final.pt",
     "configs/visionzero/toy_selfplay.yaml": "runs/visionzero_toy/base_policy",
     "configs/visionzero/qwen25vl_zero3.yaml": "checkpoints/",
+    "configs/unifilter/siglip_qwen05b.yaml": "checkpoints/",
 }
 
 
