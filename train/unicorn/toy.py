@@ -111,14 +111,14 @@ def run(out: str = "runs/unicorn-toy", clip: str = "runs/quickstart/clip_final.p
     files = eval_files(outp, vqa_images, n_objects, holdout, splits)
     vqa = files["val"] if holdout else files["in-distribution"]  # scored inside stage B, where choices are made
     reading, baselines = {}, {}
-    train_text = None
+    train_text = lmv = None
     for split, path in files.items():
         reading_file = outp / f"text_reading_{split}.json"
         if not reading_file.is_file():  # the LM given the gold caption as text: the ceiling of any transfer
             from models.vlm import EmbeddingVLM
             from train.unicorn.vqa_eval import evaluate_text_reading
 
-            lmv = EmbeddingVLM.from_pretrained(lm_world).eval()
+            lmv = lmv or EmbeddingVLM.from_pretrained(lm_world).eval()  # loaded once for every file
             reading_file.write_text(json.dumps(evaluate_text_reading(lmv.lm, lmv.tokenizer, path), indent=1))
         reading[split] = json.loads(reading_file.read_text())
         base_file = outp / f"baselines_{split}.json"
